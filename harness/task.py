@@ -1,0 +1,122 @@
+"""What a task plugin registers: its suite keys (a pydantic model), metrics and capabilities.
+
+The registration side imports no torch. The implementation named by ``Task.make`` is imported
+only inside a trial and follows :class:`TaskImpl`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .norm import DIMS, resolve
+
+
+class OptimizerConfig(BaseModel):
+    """``optimizer = {...}`` in ``[task]``: handed to mmengine's optimizer wrapper."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleConfig(BaseModel):
+    """``schedule = {...}`` in ``[task]``: an epoch-based learning-rate schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["constant", "multistep", "cosine", "exponential"] = "constant"
+    milestones: list[int] = []
+    gamma: float = Field(0.1, gt=0)
+    warmup_epochs: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _milestones_need_multistep(self) -> ScheduleConfig:
+        if self.milestones and self.name != "multistep":
+            raise ValueError("milestones are only used by name = 'multistep'")
+        return self
+
+
+class TaskConfig(BaseModel):
+    """Keys every task accepts in ``[task]``; a task subclasses it with its own keys.
+
+    Unknown keys are errors, so that a typo never silently falls back to a default.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    val_interval: int = Field(1, ge=1, description="evaluate on the validation split every N epochs")
+    checkpoint_interval: int = Field(1, ge=1, description="save a resumable checkpoint every N epochs")
+
+    def norm_dims(self) -> frozenset[str]:
+        """The input layouts the model puts a norm on ("1d" N×C, "2d" N×C×H×W)."""
+        return frozenset({"2d"})
+
+    def variant_label(self) -> str:
+        """A short human label of this configuration, used where the matrix is silent."""
+        return getattr(self, "dataset", "") or "default"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task: how to read its data, build a model with a norm in it, and score it.
+
+    ``make(config, data_root, seed)`` returns an object following :class:`TaskImpl`.
+    ``metrics`` maps each metric name to ``"max"`` or ``"min"``. ``provides`` lists the
+    capabilities norms may need (``"labels"`` for class-balanced batches, ``"unlabeled"``).
+    """
+
+    name: str
+    make: Callable[..., Any] | str
+    config: type[TaskConfig] = TaskConfig
+    summary: str = ""
+    metrics: Mapping[str, Literal["max", "min"]] = field(default_factory=dict)
+    provides: frozenset[str] = frozenset()
+    source: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "provides", frozenset(self.provides))
+        for metric, direction in self.metrics.items():
+            if direction not in ("max", "min"):
+                raise ValueError(f"task {self.name!r}: metric {metric!r} direction must be 'max' or 'min'")
+
+    def factory(self) -> Callable[..., Any]:
+        return resolve(self.make)
+
+
+@dataclass
+class Splits:
+    """The datasets of one trial; each item is ``(input, target)``. ``val`` may be ``None``."""
+
+    train: Any
+    test: Any
+    val: Any = None
+
+
+class TaskImpl(Protocol):
+    """The run-time side of a task, built once per trial inside the trial process."""
+
+    def datasets(self) -> Splits: ...
+
+    def model(self, norm_layer: Callable[..., Any]) -> Any:
+        """An ``nn.Module``; ``norm_layer(num_features)`` builds each norm layer."""
+
+    def loss(self, outputs: Any, targets: Any) -> Any: ...
+
+    def batch_stats(self, outputs: Any, targets: Any) -> Mapping[str, float]:
+        """Additive sufficient statistics of one evaluation batch (sums and counts)."""
+
+    def reduce(self, stats: Sequence[Mapping[str, float]]) -> Mapping[str, float]:
+        """Metrics from the statistics of all evaluation batches."""
+
+
+__all__ = ["DIMS", "OptimizerConfig", "ScheduleConfig", "Splits", "Task", "TaskConfig", "TaskImpl"]
