@@ -1,0 +1,1 @@
+"""The built-in plugins of the harness, registered through the same entry points as any other."""
