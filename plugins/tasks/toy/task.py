@@ -1,0 +1,93 @@
+"""Run-time side of ``toy``: data sets, the model with the norm under test, loss and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from harness import Splits
+
+from . import ToyConfig
+from .digits import CLASSES as DIGIT_CLASSES
+from .digits import load_digit_splits
+from .spiral import load_spiral
+
+
+class ToyTask:
+    """Follows :class:`harness.task.TaskImpl`.
+
+    The trial ``seed`` is accepted but not used: the data are fixed by ``data_seed`` so that
+    every seed sees the same data, and the harness seeds the model's initialisation.
+    """
+
+    def __init__(self, config: ToyConfig, data_root: Path, seed: int) -> None:
+        self.config = config
+        self.data_root = Path(data_root)
+
+    def datasets(self) -> Splits:
+        if self.config.dataset == "spiral":
+            arrays = load_spiral(self.data_root, self.config)
+        else:
+            arrays = load_digit_splits(self.config)
+        tensors = {name: _tensor_dataset(x, y) for name, (x, y) in arrays.items()}
+        return Splits(train=tensors["train"], test=tensors["test"], val=tensors.get("val"))
+
+    def model(self, norm_layer: Callable[[int], nn.Module]) -> nn.Module:
+        """Spiral: MLP with a norm after each hidden linear; digits: 3-conv CNN, norm after each conv.
+
+        Layers before a norm keep their bias, so the model stays complete when the norm is an identity.
+        """
+        if self.config.dataset == "spiral":
+            layers: list[nn.Module] = []
+            width = 2
+            for hidden in self.config.hidden:
+                layers += [nn.Linear(width, hidden), norm_layer(hidden), nn.ReLU()]
+                width = hidden
+            layers.append(nn.Linear(width, self.config.classes))
+            return nn.Sequential(*layers)
+        c = self.config.channels
+        return nn.Sequential(
+            nn.Conv2d(1, c, 3, padding=1),
+            norm_layer(c),
+            nn.ReLU(),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1),
+            norm_layer(2 * c),
+            nn.ReLU(),
+            nn.Conv2d(2 * c, 2 * c, 3, padding=1),
+            norm_layer(2 * c),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(2 * c, DIGIT_CLASSES),
+        )
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs, targets)
+
+    def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Sums, so that metrics over the whole split do not depend on how it was batched."""
+        logits = outputs.detach().float()
+        return {
+            "correct": float((logits.argmax(dim=1) == targets).sum().item()),
+            "nll_sum": F.nll_loss(F.log_softmax(logits, dim=1), targets, reduction="sum").item(),
+            "count": float(targets.numel()),
+        }
+
+    def reduce(self, stats: Sequence[Mapping[str, float]]) -> dict[str, float]:
+        count = sum(s["count"] for s in stats)
+        if not count:
+            raise ValueError("no evaluation samples to reduce")
+        return {
+            "accuracy": sum(s["correct"] for s in stats) / count,
+            "nll": sum(s["nll_sum"] for s in stats) / count,
+        }
+
+
+def _tensor_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+    return TensorDataset(torch.from_numpy(x).float(), torch.from_numpy(y).long())
