@@ -1,0 +1,263 @@
+"""The ``harness`` command: run | status | check | leaderboard | list | plugins.
+
+Start-up stays light (argparse, no torch): heavy modules are imported by the commands that
+train. Bad input ends with the problems listed, exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+EXAMPLES = """examples:
+  harness run suites/quickstart.toml          run a suite (resumes if run before)
+  harness run suites/cifar10.toml --workers 2  two worker processes share one storage
+  harness check suites/imagenet.toml          validate only; nothing trains
+  harness list norms                          every norm a suite can use
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness", description="Fair, tuned, multi-seed benchmarks of normalization layers.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def suite_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("suite", type=Path, help="the suite file (TOML)")
+        p.add_argument("--out", type=Path, default=Path("."),
+                       help="where runs/ and leaderboard/ are written (default: the current directory)")
+        p.add_argument("--storage", help="an SQLAlchemy URL for the trial storage "
+                       "(default: the suite's [suite] storage, else runs/<suite>/storage.db)")
+        return p
+
+    run = suite_command("run", "run a suite's missing trials and write its leaderboard")
+    run.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    run.add_argument("--threads", type=int, help="torch threads per trial (default: cores / workers)")
+    run.add_argument("--retry-failed", action="store_true", help="run failed trials again")
+    run.add_argument("--heartbeat", type=int, default=30,
+                     help="seconds between heartbeats; a trial silent for two is taken as dead (default 30)")
+    run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
+    suite_command("status", "show how many trials of a suite are done, running, waiting or failed")
+    sub.add_parser("check", help="validate a suite without training",
+                   description="validate a suite without training").add_argument("suite", type=Path)
+    suite_command("leaderboard", "write a suite's leaderboard from storage (no training)")
+    listing = sub.add_parser("list", help="list the registered norms or tasks")
+    listing.add_argument("kind", choices=["norms", "tasks"])
+    sub.add_parser("plugins", help="every plugin: name, version, source, hooks, load errors")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        print(f"harness {__version__}")
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+# -- commands ----------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    registry = _registry()
+    table = Table(box=None, pad_edge=False)
+    table.add_column(args.kind[:-1], style="bold")
+    table.add_column("summary")
+    if args.kind == "norms":
+        table.add_column("citation", style="dim")
+        for name, norm in sorted(registry.norms.items()):
+            table.add_row(name, norm.summary, norm.citation)
+    else:
+        table.add_column("metrics", style="dim")
+        for name, task in sorted(registry.tasks.items()):
+            table.add_row(name, task.summary, ", ".join(f"{m} ({d})" for m, d in task.metrics.items()))
+    Console().print(table)
+    _warn_failed(registry)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    registry = _registry()
+    table = Table(box=None, pad_edge=False)
+    for column in ("plugin", "version", "source", "hooks", "status"):
+        table.add_column(column)
+    for info in registry.plugins.values():
+        status = "disabled" if info.disabled else (f"[red]failed: {info.error}[/red]" if info.error else "ok")
+        table.add_row(info.name, info.version, info.source, ", ".join(info.hooks), status)
+    console = Console()
+    console.print(table)
+    for c in registry.conflicts:
+        console.print(f"[red]conflict[/red]: {c.kind} {c.name!r} is registered by {c.sources[0]} and by {c.sources[1]}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .plan import make_plan
+
+    suite = _suite(args.suite)
+    plans = make_plan(suite)
+    trials = len(plans) * len(suite.seeds)
+    print(f"{args.suite}: ok: suite {suite.name!r}, task {suite.task.name!r}, {len(suite.variants)} variant(s) x "
+          f"{len(suite.norms)} norm(s), {len(plans)} comparison(s) x {len(suite.seeds)} seed(s) = {trials} trial(s)")
+    if suite.search is not None:
+        print(f"  [search] validated ({suite.search.trials} trial(s) per norm); the search itself is not run yet: "
+              "final runs use the suite's settings")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import leaderboard
+    from .plan import make_plan
+    from .storage import TrialBook, open_storage
+    from .worker import WorkerOptions, work
+
+    if args.workers < 1:
+        raise UserError(_arg_problem("--workers", "must be at least 1"))
+    suite = _suite(args.suite)
+    plans = make_plan(suite)
+    url = _storage_url(args, suite)
+    out = args.out.resolve()
+    book = TrialBook(open_storage(url, heartbeat=args.heartbeat), plans)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    options = WorkerOptions(runs_dir=out / "runs", data_root=_data_root(suite, out), threads=threads,
+                            retry_failed=args.retry_failed)
+    helpers = [_spawn_worker(args, url, i, threads) for i in range(1, args.workers)]
+    try:
+        if args.quiet or args.worker_only:
+            work(book, options)
+        else:
+            from .progress import RunProgress
+
+            with RunProgress(suite, plans, book) as display:
+                work(book, options, display.update)
+    finally:
+        for helper in helpers:
+            if helper.poll() is None:
+                helper.wait()
+    if args.worker_only:
+        return 0
+    board = leaderboard.build(suite, plans, book)
+    paths = leaderboard.write(board, out / "leaderboard")
+    if not args.quiet:
+        from .progress import print_summary
+
+        print_summary(board, paths)
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from . import leaderboard
+    from .plan import make_plan
+    from .storage import TrialBook, open_storage
+
+    suite = _suite(args.suite)
+    plans = make_plan(suite)
+    board = leaderboard.build(suite, plans, TrialBook(open_storage(_storage_url(args, suite)), plans))
+    for path in leaderboard.write(board, args.out.resolve() / "leaderboard"):
+        print(path)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from .plan import make_plan
+    from .storage import TrialBook, open_storage
+
+    suite = _suite(args.suite)
+    plans = make_plan(suite)
+    book = TrialBook(open_storage(_storage_url(args, suite)), plans)
+    counts: Counter[str] = Counter()
+    for plan in plans:
+        seen = {t.user_attrs.get("seed") for t in book.trials(plan)}
+        counts.update(t.state.name.lower() for t in book.trials(plan))
+        counts["not started"] += len(set(plan.seeds) - seen)
+    total = len(plans) * len(suite.seeds)
+    print(f"{suite.name}: {total} planned trial(s); " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "check": cmd_check, "leaderboard": cmd_leaderboard,
+            "list": cmd_list, "plugins": cmd_plugins}
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _registry() -> Any:
+    from .plugins import load_registry
+
+    return load_registry()
+
+
+def _suite(path: Path) -> Any:
+    from .suite import load_suite
+
+    return load_suite(path, _registry())
+
+
+def _storage_url(args: argparse.Namespace, suite: Any) -> str:
+    from .storage import default_url
+
+    return args.storage or suite.storage or default_url(args.out, suite.name)
+
+
+def _data_root(suite: Any, out: Path) -> Path:
+    if suite.data_root:
+        return (suite.path.parent / suite.data_root).resolve()
+    return Path(os.environ.get("HARNESS_DATA") or out / "data").resolve()
+
+
+def _spawn_worker(args: argparse.Namespace, url: str, index: int, threads: int) -> subprocess.Popen[bytes]:
+    log_dir = args.out.resolve() / "runs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "harness", "run", str(args.suite), "--worker-only", "--storage", url,
+               "--out", str(args.out), "--threads", str(threads), "--heartbeat", str(args.heartbeat)]
+    if args.retry_failed:
+        command.append("--retry-failed")
+    with open(log_dir / f"worker-{index}.log", "ab") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _arg_problem(key: str, message: str) -> Any:
+    from .errors import Problem
+
+    return Problem("command line", key, message)
+
+
+def _warn_failed(registry: Any) -> None:
+    failed = registry.failed()
+    if failed:
+        names = ", ".join(p.name for p in failed)
+        print(f"warning: plugin(s) failed to load: {names} (see `harness plugins`)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""One trial on mmengine's Runner: build the task's data and model with the norm in it, train,
+evaluate, and return metrics, per-epoch curves, costs and the environment.
+
+The training loop, checkpoints and resume, schedulers, TensorBoard logging and the launcher are
+mmengine's; this module only adapts a task to them. It runs inside the trial process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.evaluator import BaseMetric
+from mmengine.hooks import Hook
+from mmengine.model import BaseModel
+from mmengine.runner import Runner, set_random_seed
+from torch.utils.data import DataLoader
+
+from .norm import Norm
+from .task import Task, TaskConfig, TaskImpl
+
+Events = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrialRequest:
+    """Everything a trial needs; built by the worker, read by :func:`run_trial`."""
+
+    task: Task
+    config: TaskConfig
+    norm: Norm
+    norm_params: dict[str, Any]
+    seed: int
+    work_dir: Path
+    data_root: Path
+    resume: bool = False
+    threads: int | None = None
+
+
+@dataclass
+class TrialResult:
+    metrics: dict[str, float]
+    curves: dict[str, list[float]]
+    cost: dict[str, float]
+    env: dict[str, str]
+    resumed_from_epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TaskModel(BaseModel):
+    """A task's plain ``nn.Module`` and loss in mmengine's model interface."""
+
+    def __init__(self, net: torch.nn.Module, impl: TaskImpl) -> None:
+        super().__init__()
+        self.net = net
+        self.impl = impl
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, mode: str = "tensor") -> Any:
+        outputs = self.net(inputs)
+        if mode == "loss":
+            return {"loss": self.impl.loss(outputs, targets)}
+        if mode == "predict":
+            return [self.impl.batch_stats(outputs, targets)]
+        return outputs
+
+
+class TaskMetric(BaseMetric):
+    """Adds up the task's per-batch statistics and reduces them to its metrics."""
+
+    def __init__(self, impl: TaskImpl) -> None:
+        super().__init__()
+        self.impl = impl
+
+    def process(self, data_batch: Any, data_samples: Sequence[Mapping[str, float]]) -> None:
+        self.results.extend(data_samples)
+
+    def compute_metrics(self, results: list) -> dict[str, float]:
+        return {k: float(v) for k, v in self.impl.reduce(results).items()}
+
+
+class TrialHook(Hook):
+    """Stops on a non-finite loss, measures training time and reports progress to the worker."""
+
+    priority = "VERY_LOW"
+
+    def __init__(self, events: Events, samples_per_epoch: int) -> None:
+        self.events = events
+        self.samples_per_epoch = samples_per_epoch
+        self.curves: dict[str, list[float]] = {"train_loss": []}
+        self.train_seconds = 0.0
+        self.epochs_trained = 0
+        self._loss_sum = 0.0
+        self._iters = 0
+        self._epoch_start = 0.0
+
+    def before_train_epoch(self, runner: Runner) -> None:
+        self._loss_sum, self._iters = 0.0, 0
+        self._epoch_start = time.perf_counter()
+
+    def after_train_iter(self, runner: Runner, batch_idx: int, data_batch: Any = None,
+                         outputs: Mapping[str, Any] | None = None) -> None:
+        loss = float(outputs["loss"]) if outputs else math.nan
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at epoch {runner.epoch + 1}, iteration {batch_idx + 1}")
+        self._loss_sum += loss
+        self._iters += 1
+
+    def after_train_epoch(self, runner: Runner) -> None:
+        self.train_seconds += time.perf_counter() - self._epoch_start
+        self.epochs_trained += 1
+        self.curves["train_loss"].append(self._loss_sum / max(self._iters, 1))
+        self.events({"event": "epoch", "epoch": runner.epoch + 1, "epochs": runner.max_epochs,
+                     "loss": self.curves["train_loss"][-1]})
+
+    def after_val_epoch(self, runner: Runner, metrics: Mapping[str, float] | None = None) -> None:
+        for name, value in (metrics or {}).items():
+            self.curves.setdefault(f"val_{name}", []).append(float(value))
+
+
+def run_trial(request: TrialRequest, events: Events = lambda event: None) -> TrialResult:
+    """Train and evaluate one (task configuration, norm, seed) and return what was measured."""
+    start_rss = _current_rss_mb()
+    if request.threads:
+        torch.set_num_threads(request.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where mmengine's Runner puts the model
+    config = request.config
+    set_random_seed(request.seed, deterministic=True)
+    impl: TaskImpl = request.task.factory()(config, request.data_root, request.seed)
+    splits = impl.datasets()
+    net = impl.model(request.norm.layer(**request.norm_params))
+    model = TaskModel(net, impl)
+
+    generator = torch.Generator().manual_seed(request.seed)
+    train_loader = DataLoader(splits.train, batch_size=config.batch_size, shuffle=True, generator=generator,
+                              drop_last=len(splits.train) > config.batch_size)
+    eval_split = splits.val if splits.val is not None else splits.test
+    hook = TrialHook(events, samples_per_epoch=len(train_loader) * config.batch_size)
+    runner = Runner(
+        model=model,
+        work_dir=str(request.work_dir),
+        experiment_name=f"trial-{os.getpid()}-{time.time_ns()}",
+        train_dataloader=train_loader,
+        val_dataloader=_eval_loader(eval_split, config.batch_size),
+        test_dataloader=_eval_loader(splits.test, config.batch_size),
+        train_cfg=dict(by_epoch=True, max_epochs=config.epochs, val_interval=config.val_interval),
+        val_cfg=dict(),
+        test_cfg=dict(),
+        val_evaluator=[TaskMetric(impl)],
+        test_evaluator=[TaskMetric(impl)],
+        optim_wrapper=dict(optimizer=optimizer_cfg(config)),
+        param_scheduler=scheduler_cfg(config) or None,
+        default_hooks=dict(
+            timer=dict(type="IterTimerHook"),
+            logger=dict(type="LoggerHook", interval=50),
+            param_scheduler=dict(type="ParamSchedulerHook"),
+            checkpoint=dict(type="CheckpointHook", interval=config.checkpoint_interval, max_keep_ckpts=1,
+                            save_last=True),
+        ),
+        custom_hooks=[hook],
+        visualizer=dict(type="Visualizer", vis_backends=[dict(type="TensorboardVisBackend")],
+                        name=f"vis-{os.getpid()}-{time.time_ns()}"),
+        randomness=dict(seed=request.seed, deterministic=True),
+        resume=request.resume,
+        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0)),
+        log_level="INFO",
+    )
+    start = time.perf_counter()
+    runner.train()
+    resumed_from = config.epochs - hook.epochs_trained
+    wall = time.perf_counter() - start
+    metrics = {k: float(v) for k, v in runner.test().items()}
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"test metrics not finite: {', '.join(bad)}")
+    trained_samples = hook.samples_per_epoch * hook.epochs_trained
+    cost = {
+        "train_seconds": hook.train_seconds,
+        "wall_seconds": wall,
+        "samples_per_second": trained_samples / hook.train_seconds if hook.train_seconds else 0.0,
+        "peak_memory_mb": peak_memory_mb(device, start_rss),
+        "parameters": float(sum(p.numel() for p in net.parameters())),
+    }
+    return TrialResult(metrics=metrics, curves=hook.curves, cost=cost, env=environment(device),
+                       resumed_from_epoch=resumed_from)
+
+
+def _eval_loader(dataset: Any, batch_size: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+def optimizer_cfg(config: TaskConfig) -> dict[str, Any]:
+    opt = config.optimizer
+    if opt.name == "sgd":
+        return dict(type="SGD", lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
+                    weight_decay=opt.weight_decay)
+    kind = {"adam": "Adam", "adamw": "AdamW"}[opt.name]
+    return dict(type=kind, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
+
+
+def scheduler_cfg(config: TaskConfig) -> list[dict[str, Any]]:
+    """mmengine epoch-based schedulers for the suite's ``schedule``, after an optional warm-up."""
+    s, epochs = config.schedule, config.epochs
+    warm = min(s.warmup_epochs, epochs)
+    schedulers: list[dict[str, Any]] = []
+    if warm:
+        schedulers.append(dict(type="LinearLR", start_factor=1.0 / (warm + 1), by_epoch=True, begin=0,
+                               end=warm, convert_to_iter_based=True))
+    main = dict(by_epoch=True, begin=warm, end=epochs)
+    if s.name == "multistep":
+        schedulers.append(dict(type="MultiStepLR", milestones=s.milestones, gamma=s.gamma, **main))
+    elif s.name == "cosine":
+        schedulers.append(dict(type="CosineAnnealingLR", T_max=epochs - warm, eta_min=0.0, **main))
+    elif s.name == "exponential":
+        schedulers.append(dict(type="ExponentialLR", gamma=s.gamma, **main))
+    return schedulers
+
+
+def peak_memory_mb(device: str, start_rss_mb: float) -> float:
+    """Peak GPU memory allocated on CUDA; on CPU the trial process's peak resident memory above
+    what it had at its start (the libraries every trial shares are not the norm's cost)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start_rss_mb)
+
+
+def _current_rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux: report the whole peak
+        return 0.0
+
+
+def environment(device: str) -> dict[str, str]:
+    import mmengine
+
+    from . import __version__
+
+    env = {
+        "harness": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "mmengine": mmengine.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "device": device,
+        "threads": str(torch.get_num_threads()),
+    }
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name()
+    return env

@@ -1,0 +1,81 @@
+"""What ``harness run`` shows: a bar for the suite, a bar for the trial in hand, and a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .leaderboard import Board, build
+from .plan import StudyPlan
+from .storage import TrialBook
+from .suite import Suite
+
+
+class RunProgress:
+    """Receives the worker's progress events and draws them with rich."""
+
+    def __init__(self, suite: Suite, plans: list[StudyPlan], book: TrialBook) -> None:
+        self.console = Console(stderr=True)
+        total = len(plans) * len(suite.seeds)
+        board = build(suite, plans, book)
+        done = total - sum(r.pending for rows in board.variants.values() for r in rows)
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[note]}"), console=self.console,
+        )
+        self.suite_bar = self.progress.add_task(f"{suite.name}", total=total, completed=done, note="")
+        self.trial_bar = self.progress.add_task("", total=1, visible=False, note="")
+        if done:
+            self.console.print(f"{done} of {total} trials already in storage; running the rest")
+
+    def __enter__(self) -> RunProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, kind: str, info: dict[str, Any]) -> None:
+        if kind == "start":
+            plan = info["plan"]
+            description = f"  {plan.variant.label} · {plan.norm.label} · seed {info['seed']}"
+            self.progress.update(self.trial_bar, description=description, total=plan.variant.config.epochs,
+                                 completed=0, visible=True, note="")
+        elif kind == "event" and info.get("event") == "epoch":
+            self.progress.update(self.trial_bar, completed=info["epoch"], total=info["epochs"],
+                                 note=f"loss {info['loss']:.4g}")
+        elif kind == "end":
+            self.progress.advance(self.suite_bar)
+            outcome = info["outcome"]
+            if not outcome.ok:
+                plan = info["plan"]
+                self.progress.console.print(
+                    f"[red]failed[/red] {plan.variant.label} · {plan.norm.label} · seed {info['seed']}: "
+                    f"{outcome.kind}: {outcome.reason}"
+                )
+        elif kind == "waiting":
+            self.progress.update(self.trial_bar, visible=True, description="  waiting for other workers",
+                                 note=f"{info['in_flight']} trial(s) in flight")
+
+
+def print_summary(board: Board, paths: list[Path]) -> None:
+    console = Console()
+    suite = board.suite
+    for label, rows in board.variants.items():
+        table = Table(title=f"{suite.name} · {label} · {suite.metric}", title_justify="left")
+        for column in ("rank", "norm", suite.metric, "n", "Δ baseline", "failed"):
+            table.add_column(column)
+        for row in sorted(rows, key=lambda r: (r.rank is None, r.rank or 0)):
+            mean = "–" if row.mean is None else f"{row.mean:.4f}"
+            if row.std is not None:
+                mean += f" ± {row.std:.4f}"
+            delta = "" if row.vs_baseline is None else f"{row.vs_baseline.diff:+.4f}"
+            if row.vs_baseline and row.vs_baseline.significant:
+                delta += "*"
+            table.add_row(str(row.rank or "–"), row.norm, mean, str(row.n), delta, str(len(row.failed) or ""))
+        console.print(table)
+    console.print("leaderboard: " + ", ".join(str(p) for p in paths))

@@ -1,0 +1,217 @@
+"""Trial bookkeeping on Optuna's RDB storage: planned runs are enqueued trials, one per seed.
+
+Workers claim a waiting trial with the storage's own atomic state change, record heartbeats
+while it runs, and store the result on it. Any number of ``harness run`` processes pointed at
+one database share the work without duplicates; a dead worker's trial is found (its process is
+gone, or its heartbeat is stale) and enqueued again. There is no queue besides Optuna's.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, fail_stale_trials
+from optuna.trial import FrozenTrial, TrialState
+
+from .plan import StudyPlan
+
+HEARTBEAT_SECONDS = 30
+#: ``fail_reason`` kinds after which a trial is simply run again: the work was cut short.
+RETRYABLE = frozenset({"interrupted", "worker-died"})
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def default_url(out_dir: Path, suite_name: str) -> str:
+    path = (out_dir / "runs" / suite_name / "storage.db").resolve()
+    return f"sqlite:///{path}"
+
+
+def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS) -> RDBStorage:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Claim:
+    """A trial this worker now owns."""
+
+    plan: StudyPlan
+    study: optuna.Study
+    trial: FrozenTrial
+
+    @property
+    def seed(self) -> int:
+        return int(self.trial.user_attrs["seed"])
+
+    @property
+    def resume(self) -> bool:
+        return bool(self.trial.user_attrs.get("resume", False))
+
+
+class TrialBook:
+    """The trials of one suite plan in one storage."""
+
+    def __init__(self, storage: RDBStorage, plans: list[StudyPlan]) -> None:
+        self.storage = storage
+        self.plans = plans
+        self.studies: dict[str, optuna.Study] = {}
+
+    def study(self, plan: StudyPlan) -> optuna.Study:
+        if plan.name not in self.studies:
+            direction = "maximize" if plan.direction == "max" else "minimize"
+            try:
+                study = optuna.create_study(storage=self.storage, study_name=plan.name, direction=direction)
+            except optuna.exceptions.DuplicatedStudyError:
+                study = optuna.load_study(study_name=plan.name, storage=self.storage)
+            else:
+                for key, value in plan.attrs().items():
+                    study.set_user_attr(key, value)
+            self.studies[plan.name] = study
+        return self.studies[plan.name]
+
+    def existing(self, plan: StudyPlan) -> optuna.Study | None:
+        """The study if it is in storage already; never creates one (for read-only views)."""
+        try:
+            return self.studies.get(plan.name) or optuna.load_study(study_name=plan.name, storage=self.storage)
+        except KeyError:
+            return None
+
+    def sync(self, retry_failed: bool = False) -> None:
+        """Fail the trials of dead workers, then enqueue every seed that has nothing to show."""
+        for plan in self.plans:
+            study = self.study(plan)
+            self._fail_dead(study)
+            by_seed: dict[int, list[FrozenTrial]] = {}
+            for trial in study.get_trials(deepcopy=False):
+                if "seed" in trial.user_attrs:
+                    by_seed.setdefault(int(trial.user_attrs["seed"]), []).append(trial)
+            for seed in plan.seeds:
+                trials = by_seed.get(seed, [])
+                if any(_settled(t, retry_failed) for t in trials):
+                    continue
+                resume = any(_retryable(t) for t in trials)
+                study.enqueue_trial({}, user_attrs={"seed": seed, "phase": plan.phase, "resume": resume})
+
+    def _fail_dead(self, study: optuna.Study) -> None:
+        host = socket.gethostname()
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = str(trial.user_attrs.get("worker", ""))
+            worker_host, _, pid = owner.rpartition(":")
+            if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+                self._finish(trial._trial_id, "worker-died", "the worker process ended during the trial")
+        fail_stale_trials(study)  # other machines: Optuna's heartbeat
+
+    def claim(self) -> Claim | None:
+        """Take the oldest waiting trial of any study, atomically, or return None."""
+        for plan in self.plans:
+            study = self.study(plan)
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                if not self.storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
+                    continue  # another worker was quicker
+                if self._duplicate(study, trial):
+                    self._finish(trial._trial_id, "duplicate", "another trial already ran this seed")
+                    continue
+                self.storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
+                self.storage.record_heartbeat(trial._trial_id)
+                return Claim(plan, study, self.storage.get_trial(trial._trial_id))
+        return None
+
+    @staticmethod
+    def _duplicate(study: optuna.Study, claimed: FrozenTrial) -> bool:
+        """Did two workers enqueue the same seed at once? Then the later-claimed copy is dropped."""
+        seed = claimed.user_attrs["seed"]
+        return any(
+            t.number != claimed.number and t.user_attrs.get("seed") == seed
+            and t.state in (TrialState.RUNNING, TrialState.COMPLETE)
+            for t in study.get_trials(deepcopy=False)
+        )
+
+    def in_flight(self) -> int:
+        """Trials waiting or running anywhere (this worker's or others')."""
+        states = (TrialState.WAITING, TrialState.RUNNING)
+        return sum(len(self.study(p).get_trials(deepcopy=False, states=states)) for p in self.plans)
+
+    def complete(self, claim: Claim, value: float, attrs: dict[str, Any]) -> None:
+        for key, item in attrs.items():
+            self.storage.set_trial_user_attr(claim.trial._trial_id, key, item)
+        claim.study.tell(claim.trial.number, value)
+
+    def fail(self, claim: Claim, kind: str, reason: str, attrs: dict[str, Any] | None = None) -> None:
+        for key, item in (attrs or {}).items():
+            self.storage.set_trial_user_attr(claim.trial._trial_id, key, item)
+        self._finish(claim.trial._trial_id, kind, reason)
+
+    def _finish(self, trial_id: int, kind: str, reason: str) -> None:
+        self.storage.set_trial_user_attr(trial_id, "fail_kind", kind)
+        self.storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+    def trials(self, plan: StudyPlan) -> Iterator[FrozenTrial]:
+        study = self.existing(plan)
+        if study is not None:
+            yield from study.get_trials(deepcopy=False)
+
+    def heartbeat(self, claim: Claim) -> Heartbeat:
+        return Heartbeat(self.storage, claim.trial._trial_id)
+
+
+class Heartbeat:
+    """Records the claimed trial's heartbeat until stopped, so other machines see it alive."""
+
+    def __init__(self, storage: RDBStorage, trial_id: int) -> None:
+        self._stop = threading.Event()
+        interval = storage.get_heartbeat_interval() or HEARTBEAT_SECONDS
+
+        def beat() -> None:
+            while not self._stop.wait(interval):
+                storage.record_heartbeat(trial_id)
+
+        self._thread = threading.Thread(target=beat, name="harness-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _settled(trial: FrozenTrial, retry_failed: bool) -> bool:
+    """Does this trial stand for its seed (finished, under way, or failed for good)?"""
+    if trial.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING):
+        return True
+    if trial.state == TrialState.FAIL:
+        return not (_retryable(trial) or retry_failed or trial.user_attrs.get("fail_kind") == "duplicate")
+    return False
+
+
+def _retryable(trial: FrozenTrial) -> bool:
+    # A trial failed by Optuna's stale-heartbeat check carries no fail_kind: its worker vanished.
+    return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_kind", "worker-died") in RETRYABLE
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
