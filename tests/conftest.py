@@ -1,0 +1,57 @@
+"""Shared helpers: the real CLI in a subprocess, and small suites written to disk."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_SUITE = """
+[suite]
+name = "{name}"
+version = 1
+seeds = {seeds}
+metric = "accuracy"
+baseline = "batchnorm"
+
+[task]
+use = "toy"
+dataset = "spiral"
+epochs = {epochs}
+batch_size = 16
+points_per_class = 24
+test_points_per_class = 24
+hidden = [8, 8]
+noise = 0.2
+"""
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300,
+            ) -> subprocess.CompletedProcess[str]:
+    """``harness ARGS`` as a user runs it: a fresh process, output captured."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env=full_env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def write_suite(directory: Path, body: str = "", *, name: str = "tiny", seeds: str = "[0, 1]",
+                epochs: int = 2, norms: tuple[str, ...] = ("batchnorm",), header: str = "") -> Path:
+    """A small spiral suite (seconds to run) with the given norms and extra TOML appended."""
+    text = header + TINY_SUITE.format(name=name, seeds=seeds, epochs=epochs)
+    text += "".join(f'\n[[norm]]\nuse = "{n}"\n' for n in norms)
+    path = directory / f"{name}.toml"
+    path.write_text(text + textwrap.dedent(body))
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """An empty directory to run the CLI in, with its own data root."""
+    (tmp_path / "work").mkdir()
+    return tmp_path / "work"

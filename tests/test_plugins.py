@@ -1,0 +1,124 @@
+"""Plugin discovery as a third party sees it: entry points loaded one by one, a broken plugin
+reported while the rest work, duplicates named, plugins disabled by environment, local files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, write_suite
+
+
+@pytest.fixture
+def third_party(tmp_path: Path) -> dict[str, str]:
+    """An installed distribution (a dist-info on PYTHONPATH) with a broken and a clashing plugin."""
+    site = tmp_path / "site"
+    info = site / "thirdparty-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[harness]\nbroken = thirdparty_broken\nclash = thirdparty_clash\nextra = thirdparty_extra\n")
+    (site / "thirdparty_broken.py").write_text("raise RuntimeError('boom at import')\n")
+    (site / "thirdparty_clash.py").write_text(
+        "from harness import Norm, hookimpl\n"
+        "@hookimpl\n"
+        "def harness_register_norms(register):\n"
+        "    register(Norm(name='batchnorm', make='torch.nn:BatchNorm2d', summary='a second batchnorm'))\n")
+    (site / "thirdparty_extra.py").write_text(
+        "from harness import Norm, hookimpl\n"
+        "@hookimpl\n"
+        "def harness_register_norms(register):\n"
+        "    register(Norm(name='extra_norm', make='torch.nn:BatchNorm2d', summary='from a package'))\n")
+    return {"PYTHONPATH": str(site)}
+
+
+def test_plugins_lists_every_plugin_and_the_broken_one(third_party: dict[str, str], workdir: Path) -> None:
+    result = run_cli("plugins", cwd=workdir, env={**third_party, "COLUMNS": "300"})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "baseline_norms" in out and "harness_register_norms" in out
+    assert "toy" in out and "harness_register_tasks" in out
+    assert "broken" in out and "RuntimeError: boom at import" in out
+    assert "thirdparty" in out and "1.0" in out
+    assert "conflict" in out and "'batchnorm'" in out and "thirdparty_clash" in out
+
+
+def test_a_broken_plugin_does_not_hide_the_others(third_party: dict[str, str], workdir: Path) -> None:
+    result = run_cli("list", "norms", cwd=workdir, env=third_party)
+    assert result.returncode == 0
+    for name in ("batchnorm", "groupnorm", "layernorm", "instancenorm", "none", "extra_norm"):
+        assert name in result.stdout
+    assert "failed to load: broken" in result.stderr
+
+
+def test_duplicate_name_is_an_error_naming_both_sources(third_party: dict[str, str], workdir: Path) -> None:
+    suite = write_suite(workdir.parent)
+    result = run_cli("check", str(suite), cwd=workdir, env=third_party)
+    assert result.returncode == 2
+    assert "norm 'batchnorm' is registered twice" in result.stderr
+    assert "harness_plugins.norms" in result.stderr and "thirdparty_clash" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_disabling_a_plugin_by_environment(third_party: dict[str, str], workdir: Path) -> None:
+    suite = write_suite(workdir.parent)
+    env = {**third_party, "HARNESS_DISABLE_PLUGINS": "clash, broken"}
+    assert run_cli("check", str(suite), cwd=workdir, env=env).returncode == 0
+    listing = run_cli("plugins", cwd=workdir, env={**env, "COLUMNS": "300"})
+    assert listing.stdout.count("disabled") == 2
+    assert "boom" not in listing.stdout
+
+
+def test_a_suite_loads_a_local_plugin_file(workdir: Path) -> None:
+    (workdir.parent / "my_norm.py").write_text(SCALED_BN)
+    suite = write_suite(workdir.parent, header='plugins = ["my_norm.py"]\n', body="""
+        [[norm]]
+        use = "scaled_bn"
+        factor = 0.25
+    """)
+    assert run_cli("check", str(suite), cwd=workdir).returncode == 0
+    bad = write_suite(workdir.parent, name="bad", header='plugins = ["my_norm.py"]\n', body="""
+        [[norm]]
+        use = "scaled_bn"
+        factr = 0.25
+    """)
+    result = run_cli("check", str(bad), cwd=workdir)
+    assert result.returncode == 2
+    assert "norm[2].factr: norm 'scaled_bn' has no parameter 'factr'; known: factor" in result.stderr
+
+
+def test_a_local_plugin_file_that_fails_to_import(workdir: Path) -> None:
+    (workdir.parent / "broken.py").write_text("import not_a_module\n")
+    suite = write_suite(workdir.parent, header='plugins = ["broken.py"]\n')
+    result = run_cli("check", str(suite), cwd=workdir)
+    assert result.returncode == 2
+    assert "plugins[1]: plugin file 'broken.py' failed to load: ModuleNotFoundError" in result.stderr
+
+
+def test_listing_and_checking_import_no_torch(workdir: Path) -> None:
+    suite = write_suite(workdir.parent)
+    code = ("import sys; from harness.cli import main; main(['list', 'norms']); main(['list', 'tasks']); "
+            f"main(['check', {str(suite)!r}]); heavy = {{'torch', 'mmengine', 'timm'}} & set(sys.modules); "
+            "assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+
+
+SCALED_BN = '''
+from torch import nn
+from harness import Norm, hookimpl
+
+class ScaledBN(nn.BatchNorm1d):
+    def __init__(self, num_features, factor=0.5, **kwargs):
+        super().__init__(num_features)
+        self.factor = factor
+    def forward(self, x):
+        return super().forward(x) * self.factor
+
+@hookimpl
+def harness_register_norms(register):
+    register(Norm(name="scaled_bn", make=ScaledBN, summary="BN times a constant"))
+'''

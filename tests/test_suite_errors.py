@@ -1,0 +1,103 @@
+"""Bad suites are refused by `harness check` and `harness run` with exit 2, the file and the key
+named, no traceback, and nothing stored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, write_suite
+
+CASES = {
+    "malformed TOML": ('[suite\nname = "x"\n', None, "not valid TOML"),
+    "unknown top-level key": ("", "colour = 'red'\n", "colour: unknown key"),
+    "unknown suite key": ("", None, "suite.seed: unknown key"),
+    "unknown task key": ("", None, "task.epoch: unknown key"),
+    "unknown norm": ("", None, "norm[2].use: unknown norm 'batchnrom'"),
+    "unknown norm parameter": ("", None, "norm[2].group: norm 'groupnorm' has no parameter 'group'"),
+    "wrong type": ("", None, "task.epochs: Input should be a valid integer"),
+    "unknown task": ("", None, "task.use: unknown task 'toys'"),
+    "metric the task lacks": ("", None, "suite.metric: task 'toy' has no metric 'top1'"),
+    "baseline not among norms": ("", None, "suite.baseline: 'groupnorm' is not one of the suite's norms"),
+    "norm that does not fit the task": ("", None, "norm[2].use: norm 'instancenorm' does not support 1d"),
+    "same norm twice without label": ("", None, "norm[2].label: label 'batchnorm' is already used"),
+    "missing plugin file": ("", None, "plugins[1]: plugin file 'nope.py' not found"),
+    "parameter outside its choices": ("", None, "norm[2].groups: 3 is not allowed"),
+}
+
+
+def make_bad_suite(directory: Path, case: str) -> Path:
+    good = write_suite(directory, name="bad")
+    text = good.read_text()
+    edits = {
+        "malformed TOML": lambda t: CASES[case][0] + t,
+        "unknown top-level key": lambda t: "colour = 'red'\n" + t,
+        "unknown suite key": lambda t: t.replace("version = 1", "version = 1\nseed = 3"),
+        "unknown task key": lambda t: t.replace("epochs = 2", "epoch = 2"),
+        "unknown norm": lambda t: t + '\n[[norm]]\nuse = "batchnrom"\n',
+        "unknown norm parameter": lambda t: t + '\n[[norm]]\nuse = "groupnorm"\ngroup = 4\n',
+        "wrong type": lambda t: t.replace("epochs = 2", 'epochs = "three"'),
+        "unknown task": lambda t: t.replace('use = "toy"', 'use = "toys"'),
+        "metric the task lacks": lambda t: t.replace('metric = "accuracy"', 'metric = "top1"'),
+        "baseline not among norms": lambda t: t.replace('baseline = "batchnorm"', 'baseline = "groupnorm"'),
+        "norm that does not fit the task": lambda t: t + '\n[[norm]]\nuse = "instancenorm"\n',
+        "same norm twice without label": lambda t: t + '\n[[norm]]\nuse = "batchnorm"\nmomentum = 0.2\n',
+        "missing plugin file": lambda t: 'plugins = ["nope.py"]\n' + t,
+        "parameter outside its choices": lambda t: t + '\n[[norm]]\nuse = "groupnorm"\ngroups = 3\n',
+    }
+    good.write_text(edits[case](text))
+    return good
+
+
+# `run` validates through the same code as `check`; four cases prove it refuses before storing.
+RUN_CASES = ["malformed TOML", "unknown norm", "wrong type", "norm that does not fit the task"]
+
+
+@pytest.mark.parametrize(("command", "case"), [("check", c) for c in sorted(CASES)] + [("run", c) for c in RUN_CASES])
+def test_bad_suite_exits_2_naming_file_and_key(case: str, command: str, workdir: Path) -> None:
+    suite = make_bad_suite(workdir.parent, case)
+    result = run_cli(command, str(suite), cwd=workdir)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert str(suite) in result.stderr
+    assert CASES[case][2] in result.stderr, result.stderr
+    assert list(workdir.iterdir()) == [], "a refused suite must leave nothing behind"
+
+
+def test_every_problem_is_reported_at_once(workdir: Path) -> None:
+    suite = write_suite(workdir.parent, norms=("batchnorm", "batchnrom", "groupnorm"))
+    suite.write_text(suite.read_text().replace("epochs = 2", "epochs = 0") + "\ngroup = 2\n")
+    result = run_cli("check", str(suite), cwd=workdir)
+    assert result.returncode == 2
+    assert "task.epochs" in result.stderr
+
+
+def test_missing_suite_file(workdir: Path) -> None:
+    result = run_cli("check", "nowhere.toml", cwd=workdir)
+    assert result.returncode == 2
+    assert "nowhere.toml: cannot read the suite file" in result.stderr
+
+
+def test_good_suite_checks_and_counts_trials(workdir: Path) -> None:
+    suite = write_suite(workdir.parent, norms=("batchnorm", "groupnorm"), body="""
+        [matrix]
+        batch_size = [8, 16]
+        [search]
+        trials = 4
+        space = { "optimizer.lr" = { low = 0.001, high = 0.1, log = true } }
+    """)
+    result = run_cli("check", str(suite), cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "2 variant(s) x 2 norm(s), 4 comparison(s) x 2 seed(s) = 8 trial(s)" in result.stdout
+
+
+def test_search_space_keys_are_checked(workdir: Path) -> None:
+    suite = write_suite(workdir.parent, body="""
+        [search]
+        trials = 4
+        space = { "optimizer.lrate" = { low = 0.001, high = 0.1 } }
+    """)
+    result = run_cli("check", str(suite), cwd=workdir)
+    assert result.returncode == 2
+    assert "search.space.optimizer.lrate" in result.stderr
