@@ -129,6 +129,10 @@ class TrialHook(Hook):
 def run_trial(request: TrialRequest, events: Events = lambda event: None) -> TrialResult:
     """Train and evaluate one (task configuration, norm, seed) and return what was measured."""
     start_rss = _current_rss_mb()
+    if request.resume:
+        # mmengine 0.10 checkpoints hold its HistoryBuffer and numpy scalars, which torch>=2.6's
+        # weights-only loader refuses; the checkpoint is this trial's own file, written by us.
+        os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     if request.threads:
         torch.set_num_threads(request.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # where mmengine's Runner puts the model

@@ -137,6 +137,7 @@ def _child(request: Any, send: Any, log: Path) -> None:
     from .engine import run_trial
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the trial at once; the parent records it
+    _die_with_parent()
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -151,6 +152,17 @@ def _child(request: Any, send: Any, log: Path) -> None:
         send.send({"event": "done", "result": asdict(result)})
     finally:
         send.close()
+
+
+def _die_with_parent() -> None:
+    """A trial whose worker was killed must not go on writing into the run directory that the
+    next worker resumes from (Linux; elsewhere the orphan ends at its next message)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
 
 
 def _stop(child: Any) -> None:

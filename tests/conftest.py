@@ -31,6 +31,24 @@ hidden = [8, 8]
 noise = 0.2
 """
 
+# The third-party norm of the plugin contract (issue text), for a spiral MLP (N×C features).
+
+SCALED_BN = '''
+from torch import nn
+from harness import Norm, hookimpl
+
+class ScaledBN(nn.BatchNorm1d):
+    def __init__(self, num_features, factor=0.5, **kwargs):
+        super().__init__(num_features)
+        self.factor = factor
+    def forward(self, x):
+        return super().forward(x) * self.factor
+
+@hookimpl
+def harness_register_norms(register):
+    register(Norm(name="scaled_bn", make=ScaledBN, summary="BN times a constant"))
+'''
+
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300,
             ) -> subprocess.CompletedProcess[str]:

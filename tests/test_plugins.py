@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, write_suite
+from conftest import SCALED_BN, run_cli, write_suite
 
 
 @pytest.fixture
@@ -106,19 +106,3 @@ def test_listing_and_checking_import_no_torch(workdir: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir)
     assert result.returncode == 0, result.stderr
 
-
-SCALED_BN = '''
-from torch import nn
-from harness import Norm, hookimpl
-
-class ScaledBN(nn.BatchNorm1d):
-    def __init__(self, num_features, factor=0.5, **kwargs):
-        super().__init__(num_features)
-        self.factor = factor
-    def forward(self, x):
-        return super().forward(x) * self.factor
-
-@hookimpl
-def harness_register_norms(register):
-    register(Norm(name="scaled_bn", make=ScaledBN, summary="BN times a constant"))
-'''

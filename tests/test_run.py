@@ -11,8 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import run_cli, write_suite
-from test_plugins import SCALED_BN
+from conftest import SCALED_BN, run_cli, write_suite
 
 NAN_NORM = '''
 import torch
@@ -113,8 +112,9 @@ def test_an_edited_suite_starts_new_studies_and_keeps_the_old(finished: dict, tm
     suite, work = finished["suite"], finished["work"]
     status = run_cli("status", str(suite), cwd=work)
     edited = tmp_path / "tiny.toml"
+    here = Path(suite).parent
     edited.write_text(Path(suite).read_text().replace("epochs = 2", "epochs = 3").replace(
-        '"my_norm.py", "nan_norm.py"', f'"{Path(suite).parent / "my_norm.py"}", "{Path(suite).parent / "nan_norm.py"}"'))
+        '"my_norm.py", "nan_norm.py"', f'"{here / "my_norm.py"}", "{here / "nan_norm.py"}"'))
     changed = run_cli("status", str(edited), cwd=work)
     assert "8 not started" in changed.stdout and "6 complete" in status.stdout
 
