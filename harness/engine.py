@@ -218,13 +218,16 @@ def scheduler_cfg(config: TaskConfig) -> list[dict[str, Any]]:
     if warm:
         schedulers.append(dict(type="LinearLR", start_factor=1.0 / (warm + 1), by_epoch=True, begin=0,
                                end=warm, convert_to_iter_based=True))
-    main = dict(by_epoch=True, begin=warm, end=epochs)
+    # mmengine counts a scheduler's steps from its `begin`: milestones and decays start at epoch 0
+    # so that they mean the epochs the papers give, and the warm-up overlaps them (as in mmdet).
+    whole = dict(by_epoch=True, begin=0, end=epochs)
     if s.name == "multistep":
-        schedulers.append(dict(type="MultiStepLR", milestones=s.milestones, gamma=s.gamma, **main))
+        schedulers.append(dict(type="MultiStepLR", milestones=s.milestones, gamma=s.gamma, **whole))
     elif s.name == "cosine":
-        schedulers.append(dict(type="CosineAnnealingLR", T_max=epochs - warm, eta_min=0.0, **main))
+        schedulers.append(dict(type="CosineAnnealingLR", T_max=epochs - warm, eta_min=0.0, by_epoch=True,
+                               begin=warm, end=epochs))
     elif s.name == "exponential":
-        schedulers.append(dict(type="ExponentialLR", gamma=s.gamma, **main))
+        schedulers.append(dict(type="ExponentialLR", gamma=s.gamma, **whole))
     return schedulers
 
 

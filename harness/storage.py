@@ -28,7 +28,7 @@ HEARTBEAT_SECONDS = 30
 RETRYABLE = frozenset({"interrupted", "worker-died"})
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
 
 
 def default_url(out_dir: Path, suite_name: str) -> str:
