@@ -14,7 +14,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,6 @@ class TrialResult:
     cost: dict[str, float]
     env: dict[str, str]
     resumed_from_epoch: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class TaskModel(BaseModel):
