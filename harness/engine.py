@@ -22,10 +22,12 @@ import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
-from mmengine.runner import Runner, set_random_seed
+from mmengine.optim import OptimWrapper
+from mmengine.runner import Runner, TestLoop, set_random_seed
 from torch.utils.data import DataLoader
 
 from .norm import Norm
+from .protocol import Evaluation, NormProtocol, TrialContext
 from .task import Task, TaskConfig, TaskImpl
 
 Events = Callable[[dict[str, Any]], None]
@@ -53,20 +55,31 @@ class TrialResult:
     cost: dict[str, float]
     env: dict[str, str]
     resumed_from_epoch: int = 0
+    evaluations: dict[str, dict[str, Any]] | None = None  # name -> {"oracle": bool, "summary": str}
 
 
 class TaskModel(BaseModel):
-    """A task's plain ``nn.Module`` and loss in mmengine's model interface."""
+    """A task's plain ``nn.Module`` and loss in mmengine's model interface, with the norm's
+    protocol at the two points it may change: the training forward (and extra loss), and the
+    prediction of an evaluation protocol."""
 
-    def __init__(self, net: torch.nn.Module, impl: TaskImpl) -> None:
+    def __init__(self, net: torch.nn.Module, impl: TaskImpl, protocol: NormProtocol, ctx: TrialContext) -> None:
         super().__init__()
         self.net = net
         self.impl = impl
+        self.protocol = protocol
+        self.ctx = ctx
+        self.evaluation: Evaluation | None = None
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, mode: str = "tensor") -> Any:
-        outputs = self.net(inputs)
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, extra: Any = None, mode: str = "tensor") -> Any:
         if mode == "loss":
-            return {"loss": self.impl.loss(outputs, targets)}
+            outputs = self.protocol.train_forward(self.net, inputs, extra)
+            losses = {"loss": self.impl.loss(outputs, targets)}
+            extra_loss = self.protocol.extra_loss(self.net, self.ctx)
+            if extra_loss is not None:
+                losses["loss_norm"] = extra_loss
+            return losses
+        outputs = self.evaluation.predict(self.net, inputs) if self.evaluation else self.net(inputs)
         if mode == "predict":
             return [self.impl.batch_stats(outputs, targets)]
         return outputs
@@ -129,6 +142,22 @@ class TrialHook(Hook):
             self.curves.setdefault(f"val_{name}", []).append(float(value))
 
 
+class ProtocolHook(Hook):
+    """Calls the norm's protocol at the epoch start and after each optimizer step."""
+
+    priority = "ABOVE_NORMAL"
+
+    def __init__(self, protocol: NormProtocol, net: torch.nn.Module) -> None:
+        self.protocol = protocol
+        self.net = net
+
+    def before_train_epoch(self, runner: Runner) -> None:
+        self.protocol.before_train_epoch(self.net, runner.epoch)
+
+    def after_train_iter(self, runner: Runner, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+        self.protocol.after_optimizer_step(self.net)
+
+
 def run_trial(request: TrialRequest, events: Events = lambda event: None) -> TrialResult:
     """Train and evaluate one (task configuration, norm, seed) and return what was measured."""
     start_rss = _current_rss_mb()
@@ -144,11 +173,16 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
     impl: TaskImpl = request.task.factory()(config, request.data_root, request.seed)
     splits = impl.datasets()
     net = impl.model(request.norm.layer(**request.norm_params))
-    model = TaskModel(net, impl)
-
+    protocol = request.norm.make_protocol(**request.norm_params) or NormProtocol()
     generator = torch.Generator().manual_seed(request.seed)
-    train_loader = DataLoader(splits.train, batch_size=config.batch_size, shuffle=True, generator=generator,
-                              drop_last=len(splits.train) > config.batch_size)
+    ctx = TrialContext(net=net, splits=splits, config=config, seed=request.seed,
+                       provides=request.task.provides | config.capabilities(), generator=generator)
+    protocol.setup(ctx)
+    model = TaskModel(net, impl, protocol, ctx)
+
+    train_loader = protocol.train_loader(ctx, config.batch_size) or DataLoader(
+        splits.train, batch_size=config.batch_size, shuffle=True, generator=generator,
+        drop_last=len(splits.train) > config.batch_size)
     eval_split = splits.val if splits.val is not None else splits.test
     per_epoch = len(train_loader) * config.batch_size if train_loader.drop_last else len(splits.train)
     hook = TrialHook(events, samples_per_epoch=per_epoch)
@@ -164,7 +198,7 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
         test_cfg=dict(),
         val_evaluator=[TaskMetric(impl)],
         test_evaluator=[TaskMetric(impl)],
-        optim_wrapper=dict(optimizer=optimizer_cfg(config)),
+        optim_wrapper=OptimWrapper(build_optimizer(config, net, protocol.no_weight_decay(net))),
         param_scheduler=scheduler_cfg(config) or None,
         default_hooks=dict(
             timer=dict(type="IterTimerHook"),
@@ -173,7 +207,7 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
             checkpoint=dict(type="CheckpointHook", interval=config.checkpoint_interval, max_keep_ckpts=1,
                             save_last=True),
         ),
-        custom_hooks=[hook],
+        custom_hooks=[hook, ProtocolHook(protocol, net)],
         visualizer=dict(type="Visualizer", vis_backends=[dict(type="TensorboardVisBackend")],
                         name=f"vis-{os.getpid()}-{time.time_ns()}"),
         randomness=dict(seed=request.seed, deterministic=True),
@@ -186,6 +220,18 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
     resumed_from = config.epochs - hook.epochs_trained
     wall = time.perf_counter() - start
     metrics = {k: float(v) for k, v in runner.test().items()}
+    evaluations = {}
+    for evaluation in protocol.evaluations(ctx):
+        evaluation.prepare(net, ctx)
+        loader = evaluation.loader(ctx, splits.test, config.batch_size) or _eval_loader(splits.test, config.batch_size)
+        model.evaluation = evaluation
+        try:
+            found = TestLoop(runner, loader, [TaskMetric(impl)]).run()
+        finally:
+            model.evaluation = None
+            evaluation.finish(net)
+        metrics.update({f"{evaluation.name}/{k}": float(v) for k, v in {**found, **evaluation.metrics()}.items()})
+        evaluations[evaluation.name] = {"oracle": evaluation.oracle, "summary": evaluation.summary}
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad:
         raise FloatingPointError(f"test metrics not finite: {', '.join(bad)}")
@@ -198,11 +244,24 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
         "parameters": float(sum(p.numel() for p in net.parameters())),
     }
     return TrialResult(metrics=metrics, curves=hook.curves, cost=cost, env=environment(device),
-                       resumed_from_epoch=resumed_from)
+                       resumed_from_epoch=resumed_from, evaluations=evaluations)
 
 
 def _eval_loader(dataset: Any, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+def build_optimizer(config: TaskConfig, net: torch.nn.Module, no_decay: list[torch.nn.Parameter],
+                    ) -> torch.optim.Optimizer:
+    """The suite's optimizer over the model's parameters; the protocol's ``no_decay`` ones get none."""
+    cfg = optimizer_cfg(config)
+    kind = getattr(torch.optim, cfg.pop("type"))
+    skip = {id(p) for p in no_decay}
+    params = [p for p in net.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in skip]}]
+    if skip:
+        groups.append({"params": [p for p in params if id(p) in skip], "weight_decay": 0.0})
+    return kind([g for g in groups if g["params"]], **cfg)
 
 
 def optimizer_cfg(config: TaskConfig) -> dict[str, Any]:

@@ -54,7 +54,11 @@ class Norm:
     first, extra keyword arguments such as ``eps`` or ``device`` accepted). ``params`` lists the
     parameters a suite may set; when it is ``None`` they are read from ``make``'s signature.
     ``needs`` names capabilities the task must provide (for example ``"unlabeled"``).
-    ``protocol`` is reserved for norms that need the training loop to cooperate.
+    ``protocol`` (a callable or ``"module:Attr"``) is called with the norm's parameters and
+    returns a :class:`harness.protocol.NormProtocol` (or None) for norms that need the training
+    loop to cooperate: extra losses, steps after the optimizer, batch composition, evaluations.
+    ``reference(num_features, **params)`` (optional) builds a module that a freshly made layer
+    must match in training mode: the equivalence the conformance kit checks.
     """
 
     name: str
@@ -65,6 +69,7 @@ class Norm:
     dims: frozenset[str] = DIMS
     needs: frozenset[str] = frozenset()
     protocol: Any = None
+    reference: Any = None
     source: str = field(default="", compare=False)  # filled in by the plugin manager
 
     def __post_init__(self) -> None:
@@ -84,6 +89,13 @@ class Norm:
         if isinstance(self.make, str):
             return None  # unknown until imported; checked when the layer is built
         return signature_params(self.make)
+
+    def make_protocol(self, **params: Any) -> Any:
+        """The protocol for these parameters, or None for a norm that is just a layer."""
+        if self.protocol is None:
+            return None
+        defaults = {k: p.default for k, p in (self.params or {}).items()}
+        return resolve(self.protocol)(**{**defaults, **params})
 
     def layer(self, **params: Any) -> Callable[..., Any]:
         """The ``norm_layer`` callable a model builder calls as ``norm_layer(num_features)``."""

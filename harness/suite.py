@@ -310,10 +310,12 @@ class _Resolver:
             self.problem(where, f"norm {spec.norm.name!r} does not support {'/'.join(sorted(missing_dims))} "
                          f"inputs, which task {task.name!r} ({variant.label}) puts norms on; supported: "
                          f"{sorted(spec.norm.dims)}. Add an [[exclude]] entry or choose another norm")
-        missing = spec.norm.needs - task.provides
+        provided = task.provides | variant.config.capabilities()
+        missing = spec.norm.needs - provided
         if missing:
             self.problem(where, f"norm {spec.norm.name!r} needs {sorted(missing)}, which task {task.name!r} "
-                         f"does not provide (it provides {sorted(task.provides) or 'nothing'})")
+                         f"({variant.label}) does not provide (it provides {sorted(provided) or 'nothing'}); "
+                         "change the task's settings or add an [[exclude]] entry")
 
     def _check_search(self, task: Task) -> None:
         search = self.parsed.search

@@ -61,6 +61,11 @@ class TaskConfig(BaseModel):
         """The input layouts the model puts a norm on ("1d" N×C, "2d" N×C×H×W)."""
         return frozenset({"2d"})
 
+    def capabilities(self) -> frozenset[str]:
+        """Capabilities this configuration provides beyond the task's own (e.g. ``"unlabeled"``
+        when the configuration sets unlabeled data aside)."""
+        return frozenset()
+
     def variant_label(self) -> str:
         """A short human label of this configuration, used where the matrix is silent."""
         return getattr(self, "dataset", "") or "default"
@@ -95,11 +100,13 @@ class Task:
 
 @dataclass
 class Splits:
-    """The datasets of one trial; each item is ``(input, target)``. ``val`` may be ``None``."""
+    """The datasets of one trial; each item is ``(input, target)``. ``val`` may be ``None``;
+    ``unlabeled`` (items are inputs alone) is there when the task provides ``"unlabeled"``."""
 
     train: Any
     test: Any
     val: Any = None
+    unlabeled: Any = None
 
 
 class TaskImpl(Protocol):

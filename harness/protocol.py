@@ -1,0 +1,198 @@
+"""Norm protocols: how a norm that is more than a layer takes part in training and evaluation.
+
+Some methods need the loop to cooperate: an extra loss term (Bayesian KL), a step after the
+optimizer (weight projection), epoch boundaries (the condensation latch), the composition of a
+batch (an unlabeled stream, class-balanced batches, a normalization batch) and evaluation
+protocols (MC sampling, batch statistics on balanced test batches). A norm names a factory
+``protocol(params) -> NormProtocol | None``; the engine calls the protocol through mmengine
+hooks and loops at these points. Every method has a do-nothing default, so a protocol overrides
+only what its method needs, and a third-party norm uses the very same points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .task import Splits, TaskConfig
+
+#: Capabilities a task may provide and a norm may need.
+LABELS = "labels"  # a class label per training sample (class-balanced batches, balanced evaluation)
+UNLABELED = "unlabeled"  # a stream of unlabeled inputs beside the labeled training set
+
+
+@dataclass
+class TrialContext:
+    """What a protocol may read about the trial it runs in."""
+
+    net: nn.Module
+    splits: Splits
+    config: TaskConfig
+    seed: int
+    provides: frozenset[str]
+    generator: torch.Generator
+
+    @property
+    def train_size(self) -> int:
+        return len(self.splits.train)
+
+    def labels(self, dataset: Dataset | None = None) -> torch.Tensor:
+        """Class labels of a dataset (the training set by default), without loading its inputs
+        where the dataset keeps them apart (``targets`` attribute, TensorDataset)."""
+        return dataset_labels(self.splits.train if dataset is None else dataset)
+
+
+class Evaluation:
+    """An evaluation protocol besides the standard one (eval mode, running statistics).
+
+    ``oracle`` marks protocols that use information a deployed model does not have (the test
+    labels, for balanced batches): the leaderboard keeps their results apart.
+    """
+
+    name: str = ""
+    summary: str = ""
+    oracle: bool = False
+
+    def loader(self, ctx: TrialContext, dataset: Dataset, batch_size: int) -> DataLoader | None:
+        """A loader of the evaluation data in a special order, or None for the standard one."""
+        return None
+
+    def prepare(self, net: nn.Module, ctx: TrialContext) -> None:
+        """Called once before the evaluation pass (e.g. to collect training-batch statistics)."""
+
+    def predict(self, net: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """The outputs for one batch; the task turns them into metrics as usual."""
+        net.eval()
+        return net(inputs)
+
+    def finish(self, net: nn.Module) -> None:
+        """Called after the pass: undo whatever ``prepare`` or ``predict`` changed."""
+
+    def metrics(self) -> dict[str, float]:
+        """Metrics of the protocol's own, beside the task's (e.g. the spread of MC predictions)."""
+        return {}
+
+
+class NormProtocol:
+    """The points at which a norm joins the training loop. Override what the method needs."""
+
+    def setup(self, ctx: TrialContext) -> None:
+        """Called once the model is built, before the optimizer (e.g. data-dependent init)."""
+
+    def train_loader(self, ctx: TrialContext, batch_size: int) -> DataLoader | None:
+        """A training loader that composes batches differently, or None for the standard one.
+        Its batches are ``(inputs, targets)`` or ``(inputs, targets, extra)``."""
+        return None
+
+    def train_forward(self, net: nn.Module, inputs: torch.Tensor, extra: Any = None) -> torch.Tensor:
+        """The training forward pass; ``extra`` is the third item of a batch, if any."""
+        return net(inputs)
+
+    def extra_loss(self, net: nn.Module, ctx: TrialContext) -> torch.Tensor | None:
+        """A term added to the task's loss (e.g. KL divergence over the training set size)."""
+        return None
+
+    def no_weight_decay(self, net: nn.Module) -> list[nn.Parameter]:
+        """Parameters the optimizer must not decay (e.g. weights projected to unit norm)."""
+        return []
+
+    def before_train_epoch(self, net: nn.Module, epoch: int) -> None:
+        """Called at the start of every training epoch (``epoch`` counts from 0)."""
+
+    def after_optimizer_step(self, net: nn.Module) -> None:
+        """Called after every optimizer step (e.g. weight projection)."""
+
+    def evaluations(self, ctx: TrialContext) -> Sequence[Evaluation]:
+        """Evaluation protocols run after the standard test, each reported as ``name/metric``."""
+        return ()
+
+
+def chain(protocols: Sequence[NormProtocol]) -> NormProtocol:
+    """One protocol from several (a norm with projection and Bayesian scale, say)."""
+    protocols = [p for p in protocols if p is not None]
+    if len(protocols) == 1:
+        return protocols[0]
+    return _Chain(protocols)
+
+
+class _Chain(NormProtocol):
+    def __init__(self, parts: Sequence[NormProtocol]) -> None:
+        self.parts = list(parts)
+        loaders = [p for p in parts if type(p).train_loader is not NormProtocol.train_loader]
+        forwards = [p for p in parts if type(p).train_forward is not NormProtocol.train_forward]
+        if len(loaders) > 1 or len(forwards) > 1:
+            raise ValueError("at most one protocol may compose batches and one may replace the forward pass")
+
+    def setup(self, ctx: TrialContext) -> None:
+        for p in self.parts:
+            p.setup(ctx)
+
+    def train_loader(self, ctx: TrialContext, batch_size: int) -> DataLoader | None:
+        return next((lo for p in self.parts if (lo := p.train_loader(ctx, batch_size)) is not None), None)
+
+    def train_forward(self, net: nn.Module, inputs: torch.Tensor, extra: Any = None) -> torch.Tensor:
+        for p in self.parts:
+            if type(p).train_forward is not NormProtocol.train_forward:
+                return p.train_forward(net, inputs, extra)
+        return net(inputs)
+
+    def extra_loss(self, net: nn.Module, ctx: TrialContext) -> torch.Tensor | None:
+        terms = [t for p in self.parts if (t := p.extra_loss(net, ctx)) is not None]
+        return sum(terms) if terms else None
+
+    def no_weight_decay(self, net: nn.Module) -> list[nn.Parameter]:
+        return [q for p in self.parts for q in p.no_weight_decay(net)]
+
+    def before_train_epoch(self, net: nn.Module, epoch: int) -> None:
+        for p in self.parts:
+            p.before_train_epoch(net, epoch)
+
+    def after_optimizer_step(self, net: nn.Module) -> None:
+        for p in self.parts:
+            p.after_optimizer_step(net)
+
+    def evaluations(self, ctx: TrialContext) -> Sequence[Evaluation]:
+        return [e for p in self.parts for e in p.evaluations(ctx)]
+
+
+def mean_probability(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Combine stochastic predictions of a classifier (class scores on dim 1): the log of the mean
+    softmax, which a cross-entropy or an argmax reads like logits."""
+    probs = torch.stack([o.float().softmax(dim=1) for o in outputs]).mean(dim=0)
+    return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+
+
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    for attr in ("targets", "labels"):
+        if hasattr(dataset, attr):
+            return torch.as_tensor(getattr(dataset, attr))
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None and len(tensors) > 1:
+        return tensors[1]
+    return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+def modules_of(net: nn.Module, kind: type | tuple[type, ...]) -> Iterator[nn.Module]:
+    """The modules of a given type, in registration order."""
+    return (m for m in net.modules() if isinstance(m, kind))
+
+
+def preceding_weights(net: nn.Module, norm_kind: type | tuple[type, ...]) -> list[nn.Parameter]:
+    """The weight of the convolution or linear layer that feeds each norm layer: the closest one
+    before it in registration order, which is how models put a norm after its layer."""
+    found, last = [], None
+    for module in net.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            last = module
+        elif isinstance(module, norm_kind) and last is not None:
+            found.append(last.weight)
+            last = None
+    return found
+
+
+Factory = Callable[..., NormProtocol | None]

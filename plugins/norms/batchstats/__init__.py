@@ -1,0 +1,1 @@
+"""Batch-statistics methods (registration written by the unified-norms work)."""

@@ -1,0 +1,1 @@
+"""Stochastic normalizations as Bayesian learning (registration written by the unified-norms work)."""

@@ -1,0 +1,1 @@
+"""Unified Batch Normalization and its parts (registration written by the unified-norms work)."""
