@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check", help="validate a suite without training",
                    description="validate a suite without training").add_argument("suite", type=Path)
     suite_command("leaderboard", "write a suite's leaderboard from storage (no training)")
+    check_norm = sub.add_parser("check-norm", help="run the conformance kit on a norm",
+                                description="run the conformance checks of METHODS.md on a registered norm")
+    check_norm.add_argument("norm", help="the norm's registered name")
+    check_norm.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                            help="a norm parameter (a TOML value), e.g. --param groups=4")
+    check_norm.add_argument("--plugin", action="append", default=[], type=Path, metavar="FILE",
+                            help="a local plugin file to load first")
     listing = sub.add_parser("list", help="list the registered norms or tasks")
     listing.add_argument("kind", choices=["norms", "tasks"])
     sub.add_parser("plugins", help="every plugin: name, version, source, hooks, load errors")
@@ -206,8 +213,47 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_norm(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .errors import Problem
+
+    registry = _registry()
+    for file in args.plugin:
+        try:
+            registry.load_file(file)
+        except Exception as exc:  # noqa: BLE001 - user code
+            message = f"plugin file failed to load: {type(exc).__name__}: {exc}"
+            raise UserError(Problem(str(file), "", message)) from None
+    if args.norm not in registry.norms:
+        known = ", ".join(sorted(registry.norms))
+        raise UserError(_arg_problem("NORM", f"unknown norm {args.norm!r}; available: {known}"))
+    params = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(_arg_problem("--param", f"{item!r} is not KEY=VALUE"))
+        try:
+            params[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            params[key] = value
+    from .testing import check_norm
+
+    results = check_norm(registry.norms[args.norm], params)
+    table = Table(title=f"conformance of {args.norm!r}", title_justify="left")
+    for column in ("check", "input", "result"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(r.check, r.dim, "[green]ok[/green]" if r.ok else f"[red]FAIL[/red] {r.detail}")
+    Console().print(table)
+    return 0 if all(r.ok for r in results) else 1
+
+
 COMMANDS = {"run": cmd_run, "status": cmd_status, "check": cmd_check, "leaderboard": cmd_leaderboard,
-            "list": cmd_list, "plugins": cmd_plugins}
+            "list": cmd_list, "plugins": cmd_plugins, "check-norm": cmd_check_norm}
 
 
 # -- helpers -----------------------------------------------------------------------------------
