@@ -51,6 +51,7 @@ class Row:
     metrics: dict[str, list[float]]
     costs: dict[str, list[float]]
     failed: list[dict[str, Any]] = field(default_factory=list)
+    oracle: set[str] = field(default_factory=set)  # metrics of protocols that use test labels
     pending: int = 0
     rank: int | None = None
     vs_baseline: Comparison | None = None
@@ -99,8 +100,12 @@ def build(suite: Suite, plans: list[StudyPlan], book: TrialBook) -> Board:
                                    "reason": trial.user_attrs.get("fail_reason", "")})
                 continue
             row.values[seed] = float(trial.value)
+            evaluations = trial.user_attrs.get("evaluations") or {}
+            oracles = {name for name, info in evaluations.items() if info.get("oracle")}
             for name, value in trial.user_attrs.get("metrics", {}).items():
                 row.metrics.setdefault(name, []).append(float(value))
+                if name.split("/", 1)[0] in oracles and "/" in name:
+                    row.oracle.add(name)
             for name in COSTS:
                 if name in trial.user_attrs.get("cost", {}):
                     row.costs.setdefault(name, []).append(float(trial.user_attrs["cost"][name]))
@@ -176,6 +181,8 @@ def _tidy(plan: StudyPlan, seed: int, trial: FrozenTrial) -> dict[str, Any]:
     row["fail_kind"] = attrs.get("fail_kind", "") if trial.state == TrialState.FAIL else ""
     row["fail_reason"] = attrs.get("fail_reason", "") if trial.state == TrialState.FAIL else ""
     row["resumed_from_epoch"] = attrs.get("resumed_from_epoch", 0)
+    evaluations = attrs.get("evaluations") or {}
+    row["oracle_evaluations"] = ",".join(sorted(n for n, info in evaluations.items() if info.get("oracle")))
     return row
 
 
@@ -203,6 +210,12 @@ def _mean(values: list[float] | None) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def _mean_std(values: list[float] | None) -> str:
+    if not values:
+        return "–"
+    return f"{statistics.fmean(values):.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
+
+
 def markdown(board: Board) -> str:
     s = board.suite
     arrow = "higher is better" if s.direction == "max" else "lower is better"
@@ -218,7 +231,8 @@ def markdown(board: Board) -> str:
         "",
     ]
     for label, rows in board.variants.items():
-        others = sorted({m for r in rows for m in r.metrics} - {s.metric})
+        oracle = sorted({m for r in rows for m in r.oracle})
+        others = sorted({m for r in rows for m in r.metrics} - {s.metric} - set(oracle))
         lines += [f"## {label}", ""]
         header = ["rank", "norm", f"{s.metric}", "n", "Δ baseline [95% CI]", *others,
                   "train s", "samples/s", "peak MB", "params", "failed"]
@@ -235,6 +249,15 @@ def markdown(board: Board) -> str:
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if oracle:
+            lines += ["Oracle protocols: they use the test labels (e.g. label-balanced test batches), so they are "
+                      "not comparable with the table above.", "",
+                      "| norm | " + " | ".join(oracle) + " |", "|---|" + "---|" * len(oracle)]
+            for row in rows:
+                if row.oracle:
+                    cells = " | ".join(_mean_std(row.metrics.get(m)) for m in oracle)
+                    lines.append(f"| `{row.norm}` | {cells} |")
+            lines.append("")
         failures = [(r.norm, f) for r in rows for f in r.failed]
         if failures:
             lines += ["Failed trials:", ""]
@@ -285,7 +308,8 @@ def as_json(board: Board) -> str:
         "complete": board.complete,
         "variants": {
             label: [
-                {**{k: v for k, v in asdict(row).items() if k != "vs_baseline"},
+                {**{k: v for k, v in asdict(row).items() if k not in ("vs_baseline", "oracle")},
+                 "oracle_metrics": sorted(row.oracle),
                  "mean": row.mean, "std": row.std, "n": row.n,
                  "vs_baseline": asdict(row.vs_baseline) if row.vs_baseline else None}
                 for row in rows
