@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--heartbeat", type=int, default=30,
                      help="seconds between heartbeats; a trial silent for two is taken as dead (default 30)")
     run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.add_argument("--smoke", action="store_true",
+                     help="run the suite end to end on tiny generated data (one epoch, one seed) under the "
+                     "name SUITE-smoke, to check it before spending real compute")
     run.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
     suite_command("status", "show how many trials of a suite are done, running, waiting or failed")
     sub.add_parser("check", help="validate a suite without training",
@@ -135,6 +138,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     trials = len(plans) * len(suite.seeds)
     print(f"{args.suite}: ok: suite {suite.name!r}, task {suite.task.name!r}, {len(suite.variants)} variant(s) x "
           f"{len(suite.norms)} norm(s), {len(plans)} comparison(s) x {len(suite.seeds)} seed(s) = {trials} trial(s)")
+    for problem in suite.missing_data(_data_root(suite, Path(".").resolve())):
+        print(f"warning: {problem} (`harness run` stops here; `harness run --smoke` does not need it)")
     if suite.search is not None:
         print(f"  [search] validated ({suite.search.trials} trial(s) per norm); the search itself is not run yet: "
               "final runs use the suite's settings")
@@ -150,12 +155,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UserError(_arg_problem("--workers", "must be at least 1"))
     suite = _suite(args.suite)
+    out = args.out.resolve()
+    if args.smoke:
+        suite = suite.smoke(out / "runs" / f"{suite.name}-smoke" / "data")
+        args.storage = None
+    data_root = _data_root(suite, out)
+    _require_data(suite, data_root)
     plans = make_plan(suite)
     url = _storage_url(args, suite)
-    out = args.out.resolve()
     book = TrialBook(open_storage(url, heartbeat=args.heartbeat), plans)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
-    options = WorkerOptions(runs_dir=out / "runs", data_root=_data_root(suite, out), threads=threads,
+    options = WorkerOptions(runs_dir=out / "runs", data_root=data_root, threads=threads,
                             retry_failed=args.retry_failed)
     helpers = [_spawn_worker(args, url, i, threads) for i in range(1, args.workers)]
     try:
@@ -281,6 +291,12 @@ def _data_root(suite: Any, out: Path) -> Path:
     return Path(os.environ.get("HARNESS_DATA") or out / "data").resolve()
 
 
+def _require_data(suite: Any, data_root: Path) -> None:
+    problems = suite.missing_data(data_root)
+    if problems:
+        raise UserError(problems)
+
+
 def _spawn_worker(args: argparse.Namespace, url: str, index: int, threads: int) -> subprocess.Popen[bytes]:
     log_dir = args.out.resolve() / "runs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -288,6 +304,8 @@ def _spawn_worker(args: argparse.Namespace, url: str, index: int, threads: int) 
                "--out", str(args.out), "--threads", str(threads), "--heartbeat", str(args.heartbeat)]
     if args.retry_failed:
         command.append("--retry-failed")
+    if args.smoke:
+        command.append("--smoke")
     with open(log_dir / f"worker-{index}.log", "ab") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 

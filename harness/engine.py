@@ -22,7 +22,7 @@ import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
-from mmengine.optim import OptimWrapper
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.runner import Runner, TestLoop, set_random_seed
 from torch.utils.data import DataLoader
 
@@ -72,6 +72,8 @@ class TaskModel(BaseModel):
         self.evaluation: Evaluation | None = None
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, extra: Any = None, mode: str = "tensor") -> Any:
+        if self.ctx.config.channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         if mode == "loss":
             outputs = self.protocol.train_forward(self.net, inputs, extra)
             losses = {"loss": self.impl.loss(outputs, targets)}
@@ -173,6 +175,8 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
     impl: TaskImpl = request.task.factory()(config, request.data_root, request.seed)
     splits = impl.datasets()
     net = impl.model(request.norm.layer(**request.norm_params))
+    if config.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     protocol = request.norm.make_protocol(**request.norm_params) or NormProtocol()
     generator = torch.Generator().manual_seed(request.seed)
     ctx = TrialContext(net=net, splits=splits, config=config, seed=request.seed,
@@ -182,7 +186,8 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
 
     train_loader = protocol.train_loader(ctx, config.batch_size) or DataLoader(
         splits.train, batch_size=config.batch_size, shuffle=True, generator=generator,
-        drop_last=len(splits.train) > config.batch_size)
+        drop_last=len(splits.train) > config.batch_size, num_workers=config.num_workers,
+        persistent_workers=config.num_workers > 0)
     eval_split = splits.val if splits.val is not None else splits.test
     per_epoch = len(train_loader) * config.batch_size if train_loader.drop_last else len(splits.train)
     hook = TrialHook(events, samples_per_epoch=per_epoch)
@@ -191,14 +196,14 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
         work_dir=str(request.work_dir),
         experiment_name=f"trial-{os.getpid()}-{time.time_ns()}",
         train_dataloader=train_loader,
-        val_dataloader=_eval_loader(eval_split, config.batch_size),
-        test_dataloader=_eval_loader(splits.test, config.batch_size),
+        val_dataloader=_eval_loader(eval_split, config),
+        test_dataloader=_eval_loader(splits.test, config),
         train_cfg=dict(by_epoch=True, max_epochs=config.epochs, val_interval=config.val_interval),
         val_cfg=dict(),
         test_cfg=dict(),
         val_evaluator=[TaskMetric(impl)],
         test_evaluator=[TaskMetric(impl)],
-        optim_wrapper=OptimWrapper(build_optimizer(config, net, protocol.no_weight_decay(net))),
+        optim_wrapper=optim_wrapper(config, build_optimizer(config, net, protocol.no_weight_decay(net)), device),
         param_scheduler=scheduler_cfg(config) or None,
         default_hooks=dict(
             timer=dict(type="IterTimerHook"),
@@ -223,7 +228,7 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
     evaluations = {}
     for evaluation in protocol.evaluations(ctx):
         evaluation.prepare(net, ctx)
-        loader = evaluation.loader(ctx, splits.test, config.batch_size) or _eval_loader(splits.test, config.batch_size)
+        loader = evaluation.loader(ctx, splits.test, config.batch_size) or _eval_loader(splits.test, config)
         model.evaluation = evaluation
         try:
             found = TestLoop(runner, loader, [TaskMetric(impl)]).run()
@@ -247,8 +252,16 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
                        resumed_from_epoch=resumed_from, evaluations=evaluations)
 
 
-def _eval_loader(dataset: Any, batch_size: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+def _eval_loader(dataset: Any, config: TaskConfig) -> DataLoader:
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
+
+
+def optim_wrapper(config: TaskConfig, optimizer: torch.optim.Optimizer, device: str) -> OptimWrapper:
+    """mmengine's wrapper; mixed precision where asked and where it exists (CUDA). It applies to
+    every norm alike: no option of the harness favours one norm."""
+    if config.amp and device.startswith("cuda"):
+        return AmpOptimWrapper(optimizer=optimizer)
+    return OptimWrapper(optimizer=optimizer)
 
 
 def build_optimizer(config: TaskConfig, net: torch.nn.Module, no_decay: list[torch.nn.Parameter],

@@ -7,6 +7,7 @@ file, the key (``[[norm]]`` entries are counted from 1) and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -141,6 +142,23 @@ class Suite:
     search: SearchSection | None
     digest: str  # hash of the file's content, for the leaderboard's provenance
     plugin_files: list[Path] = field(default_factory=list)
+
+    def smoke(self, data_root: Path) -> Suite:
+        """This suite scaled down to a quick end-to-end check under its own name: the first seed,
+        each variant's ``smoke`` configuration, tiny data generated under ``data_root``, and the
+        default storage (never the real one)."""
+        variants = [Variant(v.label, v.config.smoke(data_root), v.axes) for v in self.variants]
+        return dataclasses.replace(self, name=f"{self.name}-smoke", seeds=self.seeds[:1], variants=variants,
+                                   storage=None, data_root=str(data_root))
+
+    def missing_data(self, data_root: Path) -> list[Problem]:
+        """A problem for every variant whose data is not under ``data_root``."""
+        problems = []
+        for variant in self.variants:
+            why = variant.config.missing_data(data_root)
+            if why:
+                problems.append(Problem(str(self.path), "task.dataset", f"{variant.label}: {why}"))
+        return problems
 
     def pairs(self) -> list[tuple[Variant, NormSpec]]:
         """Every (variant, norm) the suite compares, exclusions removed."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -56,6 +57,9 @@ class TaskConfig(BaseModel):
     schedule: ScheduleConfig = ScheduleConfig()
     val_interval: int = Field(1, ge=1, description="evaluate on the validation split every N epochs")
     checkpoint_interval: int = Field(1, ge=1, description="save a resumable checkpoint every N epochs")
+    amp: bool = Field(False, description="mixed precision on CUDA (mmengine's AmpOptimWrapper); ignored on CPU")
+    channels_last: bool = Field(False, description="channels-last memory format for 4-d inputs and the model")
+    num_workers: int = Field(0, ge=0, description="data-loading worker processes")
 
     def norm_dims(self) -> frozenset[str]:
         """The input layouts the model puts a norm on ("1d" N×C, "2d" N×C×H×W)."""
@@ -69,6 +73,17 @@ class TaskConfig(BaseModel):
     def variant_label(self) -> str:
         """A short human label of this configuration, used where the matrix is silent."""
         return getattr(self, "dataset", "") or "default"
+
+    def missing_data(self, data_root: Path) -> str | None:
+        """Why the data this configuration reads is not under ``data_root``, with the layout the
+        loader expects and how to point the harness at it; None when it is there (or generated)."""
+        return None
+
+    def smoke(self, data_root: Path) -> TaskConfig:
+        """The same configuration scaled down to a quick end-to-end check (one epoch, tiny data),
+        with tiny data written under ``data_root`` in the very format the real loader reads.
+        Tasks whose data is read from disk override this to generate it."""
+        return self.model_copy(update={"epochs": 1})
 
 
 @dataclass(frozen=True)
