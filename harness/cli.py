@@ -165,8 +165,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     url = _storage_url(args, suite)
     book = TrialBook(open_storage(url, heartbeat=args.heartbeat), plans)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
-    options = WorkerOptions(runs_dir=out / "runs", data_root=data_root, threads=threads,
-                            retry_failed=args.retry_failed)
+    options = WorkerOptions(runs_dir=out / "runs", data_root=data_root, suite_path=args.suite.resolve(),
+                            threads=threads, retry_failed=args.retry_failed, smoke=args.smoke)
     helpers = [_spawn_worker(args, url, i, threads) for i in range(1, args.workers)]
     try:
         if args.quiet or args.worker_only:

@@ -70,6 +70,9 @@ class TaskModel(BaseModel):
         self.protocol = protocol
         self.ctx = ctx
         self.evaluation: Evaluation | None = None
+        # Across processes, mmengine drops the padding of the last shares by counting results,
+        # so each sample must be one result there; in one process a batch is one result.
+        self.per_sample = False
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, extra: Any = None, mode: str = "tensor") -> Any:
         if self.ctx.config.channels_last and inputs.dim() == 4:
@@ -83,6 +86,8 @@ class TaskModel(BaseModel):
             return losses
         outputs = self.evaluation.predict(self.net, inputs) if self.evaluation else self.net(inputs)
         if mode == "predict":
+            if self.per_sample:
+                return [self.impl.batch_stats(outputs[i:i + 1], targets[i:i + 1]) for i in range(len(targets))]
             return [self.impl.batch_stats(outputs, targets)]
         return outputs
 
@@ -179,16 +184,20 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
         net = net.to(memory_format=torch.channels_last)
     protocol = request.norm.make_protocol(**request.norm_params) or NormProtocol()
     generator = torch.Generator().manual_seed(request.seed)
+    world, rank = distributed_rank()
     ctx = TrialContext(net=net, splits=splits, config=config, seed=request.seed,
                        provides=request.task.provides | config.capabilities(), generator=generator)
     protocol.setup(ctx)
     model = TaskModel(net, impl, protocol, ctx)
+    model.per_sample = world > 1
 
     train_loader = protocol.train_loader(ctx, config.batch_size) or DataLoader(
-        splits.train, batch_size=config.batch_size, shuffle=True, generator=generator,
-        drop_last=len(splits.train) > config.batch_size, num_workers=config.num_workers,
-        persistent_workers=config.num_workers > 0)
+        splits.train, batch_size=config.batch_size, generator=generator,
+        drop_last=len(splits.train) > config.batch_size * world, num_workers=config.num_workers,
+        persistent_workers=config.num_workers > 0, **_sampling(splits.train, world, rank, request.seed))
     eval_split = splits.val if splits.val is not None else splits.test
+    if world > 1:
+        _join_process_group(device)
     per_epoch = len(train_loader) * config.batch_size if train_loader.drop_last else len(splits.train)
     hook = TrialHook(events, samples_per_epoch=per_epoch)
     runner = Runner(
@@ -196,8 +205,8 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
         work_dir=str(request.work_dir),
         experiment_name=f"trial-{os.getpid()}-{time.time_ns()}",
         train_dataloader=train_loader,
-        val_dataloader=_eval_loader(eval_split, config),
-        test_dataloader=_eval_loader(splits.test, config),
+        val_dataloader=_eval_loader(eval_split, config, world, rank),
+        test_dataloader=_eval_loader(splits.test, config, world, rank),
         train_cfg=dict(by_epoch=True, max_epochs=config.epochs, val_interval=config.val_interval),
         val_cfg=dict(),
         test_cfg=dict(),
@@ -217,7 +226,13 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
                         name=f"vis-{os.getpid()}-{time.time_ns()}"),
         randomness=dict(seed=request.seed, deterministic=True),
         resume=request.resume,
-        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0)),
+        launcher="pytorch" if world > 1 else "none",
+        # Per-device batch statistics as in the papers; every rank evaluates with rank 0's buffers.
+        cfg=dict(model_wrapper_cfg=dict(
+            type="MMDistributedDataParallel", broadcast_buffers=True,
+            device_ids=[int(os.environ["LOCAL_RANK"])] if device == "cuda" else None)) if world > 1 else None,
+        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+                     dist_cfg=dict(backend="nccl" if device == "cuda" else "gloo")),
         log_level="INFO",
     )
     start = time.perf_counter()
@@ -228,7 +243,8 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
     evaluations = {}
     for evaluation in protocol.evaluations(ctx):
         evaluation.prepare(net, ctx)
-        loader = evaluation.loader(ctx, splits.test, config.batch_size) or _eval_loader(splits.test, config)
+        loader = evaluation.loader(ctx, splits.test, config.batch_size) or _eval_loader(splits.test, config, world,
+                                                                                         rank)
         model.evaluation = evaluation
         try:
             found = TestLoop(runner, loader, [TaskMetric(impl)]).run()
@@ -240,7 +256,7 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad:
         raise FloatingPointError(f"test metrics not finite: {', '.join(bad)}")
-    trained_samples = hook.samples_per_epoch * hook.epochs_trained
+    trained_samples = hook.samples_per_epoch * hook.epochs_trained * world
     cost = {
         "train_seconds": hook.train_seconds,
         "wall_seconds": wall,
@@ -252,8 +268,37 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
                        resumed_from_epoch=resumed_from, evaluations=evaluations)
 
 
-def _eval_loader(dataset: Any, config: TaskConfig) -> DataLoader:
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
+def distributed_rank() -> tuple[int, int]:
+    """(world size, rank) as torchrun sets them; (1, 0) in a single process."""
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+
+
+def _join_process_group(device: str) -> None:
+    """On CPU, join with gloo before mmengine does: its launcher assumes a CUDA device per rank."""
+    import torch.distributed as dist
+
+    if device == "cpu" and not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+
+
+def _sampling(dataset: Any, world: int, rank: int, seed: int) -> dict[str, Any]:
+    """Shuffle; across processes, each rank takes its own share (mmengine's evaluator gathers the
+    shares back in dataset order and drops the padding)."""
+    if world == 1:
+        return {"shuffle": True}
+    from torch.utils.data import DistributedSampler
+
+    return {"sampler": DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)}
+
+
+def _eval_loader(dataset: Any, config: TaskConfig, world: int = 1, rank: int = 0) -> DataLoader:
+    sampler = None
+    if world > 1:
+        from torch.utils.data import DistributedSampler
+
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=False, sampler=sampler,
+                      num_workers=config.num_workers)
 
 
 def optim_wrapper(config: TaskConfig, optimizer: torch.optim.Optimizer, device: str) -> OptimWrapper:

@@ -60,6 +60,8 @@ class TaskConfig(BaseModel):
     amp: bool = Field(False, description="mixed precision on CUDA (mmengine's AmpOptimWrapper); ignored on CPU")
     channels_last: bool = Field(False, description="channels-last memory format for 4-d inputs and the model")
     num_workers: int = Field(0, ge=0, description="data-loading worker processes")
+    devices: int = Field(1, ge=1, description="processes per trial, one per GPU, started with torchrun "
+                         "(DDP; gloo on CPU); batch_size is per device")
 
     def norm_dims(self) -> frozenset[str]:
         """The input layouts the model puts a norm on ("1d" N×C, "2d" N×C×H×W)."""

@@ -29,8 +29,10 @@ Progress = Callable[[str, dict[str, Any]], None]
 class WorkerOptions:
     runs_dir: Path
     data_root: Path
+    suite_path: Path  # multi-process trials rebuild themselves from it
     threads: int | None = None
     retry_failed: bool = False
+    smoke: bool = False
 
 
 @dataclass
@@ -89,33 +91,17 @@ def run_claim(book: TrialBook, claim: Claim, options: WorkerOptions, progress: P
         threads=options.threads,
     )
     where = {"work_dir": str(work_dir), "log": str(log)}
-    ctx = multiprocessing.get_context("fork")
-    receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(request, send, log), name=f"trial-{plan.norm.label}-{claim.seed}")
-    child.start()
-    send.close()
-    final: dict[str, Any] | None = None
     try:
         with book.heartbeat(claim):
-            while True:
-                if receive.poll(0.2):
-                    try:
-                        message = receive.recv()
-                    except EOFError:
-                        break
-                    if message["event"] in ("done", "error"):
-                        final = message
-                    else:
-                        progress("event", {"plan": plan, "seed": claim.seed, **message})
-                elif not child.is_alive():
-                    break
-        child.join()
+            if plan.variant.config.devices > 1:
+                final, code = _run_distributed(claim, options, work_dir, log)
+            else:
+                final, code = _run_forked(request, log, lambda m: progress("event", {"plan": plan, "seed": claim.seed,
+                                                                                   **m}))
     except KeyboardInterrupt:
-        _stop(child)
         book.fail(claim, "interrupted", "stopped by the user; the next run resumes it", where)
         raise
     if final is None:
-        code = child.exitcode
         why = f"killed by signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
         book.fail(claim, "crash", f"the trial process ended without a result ({why}); see {log}", where)
         return Outcome(False, "crash", why)
@@ -130,6 +116,67 @@ def run_claim(book: TrialBook, claim: Claim, options: WorkerOptions, progress: P
         return Outcome(False, "error", reason)
     book.complete(claim, value, {**result, **where})
     return Outcome(True)
+
+
+def _run_forked(request: Any, log: Path, events: Callable[[dict[str, Any]], None]) -> tuple[dict | None, int | None]:
+    """The trial in a forked child; its progress events are passed on as they come."""
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(request, send, log), name="harness-trial")
+    child.start()
+    send.close()
+    final = None
+    try:
+        while True:
+            if receive.poll(0.2):
+                try:
+                    message = receive.recv()
+                except EOFError:
+                    break
+                if message["event"] in ("done", "error"):
+                    final = message
+                else:
+                    events(message)
+            elif not child.is_alive():
+                break
+        child.join()
+    except KeyboardInterrupt:
+        _stop(child)
+        raise
+    return final, child.exitcode
+
+
+def _run_distributed(claim: Claim, options: WorkerOptions, work_dir: Path, log: Path,
+                     ) -> tuple[dict | None, int | None]:
+    """The trial as ``devices`` processes under torchrun (see :mod:`harness.distributed`)."""
+    import json
+    import subprocess
+    import sys
+
+    from .distributed import RESULT_FILE
+
+    plan = claim.plan
+    result = work_dir / RESULT_FILE
+    result.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={plan.variant.config.devices}", "-m", "harness.distributed",
+               "--suite", str(options.suite_path), "--study", plan.name, "--seed", str(claim.seed),
+               "--work-dir", str(work_dir), "--data-root", str(options.data_root)]
+    if options.smoke:
+        command += ["--smoke-data", str(options.data_root)]
+    if claim.resume:
+        command.append("--resume")
+    if options.threads:
+        command += ["--threads", str(max(1, options.threads // plan.variant.config.devices))]
+    with open(log, "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:
+            process.terminate()
+            process.wait()
+            raise
+    return (json.loads(result.read_text()) if result.is_file() else None), code
 
 
 def _child(request: Any, send: Any, log: Path) -> None:

@@ -1,0 +1,27 @@
+"""A trial on several processes: torchrun starts them, mmengine's launcher joins them (gloo on
+CPU), and the evaluation gathers every rank's share of the test set exactly once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import run_cli, write_suite
+
+
+def test_a_two_process_trial_evaluates_the_whole_test_set(tmp_path: Path) -> None:
+    # 3 classes x 41 = 123 test points over 2 ranks: one rank's share is padded, and a padded
+    # sample counted twice would show in the denominator.
+    suite = write_suite(tmp_path, name="ddp", seeds="[0]", epochs=2)
+    text = suite.read_text().replace("test_points_per_class = 24", "test_points_per_class = 41")
+    suite.write_text(text.replace("hidden = [8, 8]", "hidden = [8, 8]\nclasses = 3\ndevices = 2"))
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_cli("run", str(suite), "--quiet", cwd=work, timeout=600)
+    assert result.returncode == 0, result.stderr
+    board = json.loads((work / "leaderboard" / "ddp.json").read_text())
+    (trial,) = board["trials"]
+    assert trial["state"] == "complete", trial
+    correct = trial["metric.accuracy"] * 123
+    assert abs(correct - round(correct)) < 1e-6, "accuracy is a count over exactly the 123 test points"
+    assert list((work / "runs" / "ddp").rglob("result.json")), "rank 0 wrote the result for the worker"
