@@ -115,9 +115,9 @@ class TrialHook(Hook):
 
     priority = "HIGHEST"
 
-    def __init__(self, events: Events, samples_per_epoch: int) -> None:
+    def __init__(self, events: Events) -> None:
         self.events = events
-        self.samples_per_epoch = samples_per_epoch
+        self.samples = 0  # labeled samples trained on, counted batch by batch
         self.curves: dict[str, list[float]] = {"train_loss": []}
         self.train_seconds = 0.0
         self.epochs_trained = 0
@@ -131,9 +131,10 @@ class TrialHook(Hook):
 
     def after_train_iter(self, runner: Runner, batch_idx: int, data_batch: Any = None,
                          outputs: Mapping[str, Any] | None = None) -> None:
-        loss = float(outputs["loss"]) if outputs else math.nan
+        loss = float(outputs["loss"].detach()) if outputs else math.nan
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss} at epoch {runner.epoch + 1}, iteration {batch_idx + 1}")
+        self.samples += _batch_size(data_batch)
         self._loss_sum += loss
         self._iters += 1
 
@@ -163,6 +164,12 @@ class ProtocolHook(Hook):
 
     def after_train_iter(self, runner: Runner, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
         self.protocol.after_optimizer_step(self.net)
+
+
+def _batch_size(batch: Any) -> int:
+    """Samples in a training batch: ``(inputs, targets[, extra])`` or mmengine's ``{"inputs": ...}``."""
+    first = batch["inputs"] if isinstance(batch, Mapping) else batch[0]
+    return len(first)
 
 
 def run_trial(request: TrialRequest, events: Events = lambda event: None) -> TrialResult:
@@ -198,8 +205,7 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
     eval_split = splits.val if splits.val is not None else splits.test
     if world > 1:
         _join_process_group(device)
-    per_epoch = len(train_loader) * config.batch_size if train_loader.drop_last else len(splits.train)
-    hook = TrialHook(events, samples_per_epoch=per_epoch)
+    hook = TrialHook(events)
     runner = Runner(
         model=model,
         work_dir=str(request.work_dir),
@@ -256,7 +262,7 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad:
         raise FloatingPointError(f"test metrics not finite: {', '.join(bad)}")
-    trained_samples = hook.samples_per_epoch * hook.epochs_trained * world
+    trained_samples = hook.samples * world
     cost = {
         "train_seconds": hook.train_seconds,
         "wall_seconds": wall,

@@ -86,7 +86,8 @@ class NormProtocol:
 
     def train_loader(self, ctx: TrialContext, batch_size: int) -> DataLoader | None:
         """A training loader that composes batches differently, or None for the standard one.
-        Its batches are ``(inputs, targets)`` or ``(inputs, targets, extra)``."""
+        Its batches are ``(inputs, targets)`` or ``(inputs, targets, extra)``. A custom
+        ``batch_sampler`` needs a ``sampler`` attribute (mmengine reads it to set the epoch)."""
         return None
 
     def train_forward(self, net: nn.Module, inputs: torch.Tensor, extra: Any = None) -> torch.Tensor:
