@@ -25,8 +25,12 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             params={
                 "momentum": Param(0.1, help="running-statistics update rate", low=0.01, high=0.5, log=True),
                 "eps": Param(1e-5, help="added to the variance"),
+                "projection": Param(False, help="project every weight feeding a norm onto ‖w‖ = 1 after each "
+                                    "optimizer step, without weight decay (Shekhovtsov & Flach, 2018)",
+                                    choices=(False, True)),
             },
             dims={"1d", "2d"},
+            protocol="harness_plugins.norms.bayesian.protocols:batchnorm_protocol",
         )
     )
     register(
