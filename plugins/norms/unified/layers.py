@@ -1,0 +1,345 @@
+"""Unified Batch Normalization (UBN) and the batch-norm variants it unifies, as layers.
+
+UBN (Wang et al., arXiv:2311.15993) chains three rectifications of BN: the feature condensation rule
+picks the statistics (batch or running) during training, RBN's centering and scaling calibration
+rectify the normalization, and BNET's depthwise convolution replaces the affine. Each part is a
+norm of its own here, so the paper's ablation rows can be run side by side:
+
+* :class:`BatchNormFCT` (``bn_fct``): BN + the condensation rule only.
+* :class:`RepresentativeBatchNorm` (``rbn``): centering + scaling calibration (Gao et al., 2021).
+* :class:`BNET` (``bnet``): BN without affine + a depthwise k×k convolution (Xu et al., 2023).
+* :class:`UnifiedBatchNorm` (``unified_bn``): all of the above, in that order.
+* :class:`InstanceEnhancementBatchNorm` (``iebn``): BN's γ gated by GAP(x) (Liang et al., 2020).
+
+Per-channel parameters are stored as C-vectors (viewed as 1×C×1×1 in the forward) so that
+``rbn`` and ``iebn`` serve N×C input too, where GAP(x) is x itself. Every layer normalizes with
+``F.batch_norm`` and keeps BN's ``running_mean``/``running_var`` buffers (unbiased variance,
+PyTorch momentum), of the input *after* centering where there is centering.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from harness.protocol import NormProtocol, modules_of
+from harness_plugins.norms.baselines import BatchNorm
+
+__all__ = [
+    "BNET",
+    "BatchNormFCT",
+    "CondensationLatch",
+    "FeatureCondensationNorm",
+    "InstanceEnhancementBatchNorm",
+    "RepresentativeBatchNorm",
+    "ScaledBatchNorm",
+    "UnifiedBatchNorm",
+    "condensation",
+    "condensation_protocol",
+]
+
+LATCHES = ("epoch", "iteration")
+
+
+def _factory_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}
+
+
+def _channel(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A C-vector shaped to broadcast over x's channel dim (1×C, 1×C×1×1, ...)."""
+    return p.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def gap(x: torch.Tensor) -> torch.Tensor:
+    """Per-sample global average over the spatial dims, kept as N×C×1×1; N×C input is its own GAP."""
+    return x.mean(dim=tuple(range(2, x.dim())), keepdim=True) if x.dim() > 2 else x
+
+
+def condensation(x: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity over the pairs i ≠ j of the N samples of x, each flattened (a 0-dim
+    tensor of at least float32 precision, no gradient). Needs N ≥ 2.
+
+    O(N·CHW) without the N×N matrix: with u_i = x_i/‖x_i‖, Σ_{i≠j} u_i·u_j = ‖Σ_i u_i‖² − Σ_i ‖u_i‖².
+    The last sum is N unless a sample is all zeros, whose similarities then count as 0.
+    """
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"the mean pairwise cosine similarity needs at least 2 samples; got {n}")
+    with torch.no_grad():
+        flat = x.detach().reshape(n, -1).to(torch.promote_types(x.dtype, torch.float32))
+        norms = torch.linalg.vector_norm(flat, dim=1)
+        inverse = norms.clamp_min(torch.finfo(flat.dtype).tiny).reciprocal()
+        total = inverse @ flat  # Σ_i u_i
+        return (total.dot(total) - (norms * inverse).square().sum()) / (n * (n - 1))
+
+
+class _RunningStats(nn.Module):
+    """BN's running statistics and a normalization that uses batch or running statistics."""
+
+    def __init__(self, num_features: int, momentum: float, eps: float, factory: dict[str, Any]) -> None:
+        super().__init__()
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1]; got {momentum}")
+        self.num_features = num_features
+        self.momentum = momentum
+        self.eps = eps
+        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+        self.register_buffer("running_var", torch.ones(num_features, **factory))
+
+    def _normalize(self, x: torch.Tensor, batch_stats: bool, weight: torch.Tensor | None = None,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Batch statistics (running ones updated) or running statistics (left untouched)."""
+        return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, batch_stats, self.momentum,
+                            self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+def _depthwise_identity(num_features: int, kernel_size: int, factory: dict[str, Any]) -> nn.Parameter:
+    """A depthwise k×k kernel (C×1×k×k) that passes its input through: centre tap 1, others 0."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd number (same-size padding); got {kernel_size}")
+    weight = torch.zeros(num_features, 1, kernel_size, kernel_size, **factory)
+    weight[:, :, kernel_size // 2, kernel_size // 2] = 1.0
+    return nn.Parameter(weight)
+
+
+def _need_2d(name: str, x: torch.Tensor) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"{name} needs N×C×H×W input (its affine is a depthwise k×k convolution); "
+                         f"got shape {tuple(x.shape)}")
+
+
+def _depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
+
+
+class FeatureCondensationNorm(_RunningStats):
+    """The feature condensation rule of UBN: which statistics a training batch is normalized with.
+
+    Every training batch of N ≥ 2 updates the running threshold τ̄ ← (1−β)·τ̄ + β·s_t with the
+    batch's condensation s_t (:func:`condensation` of the layer input); τ̄ starts at the first s_t.
+    While τ̄ > ``fct`` the layer uses batch statistics and updates the running ones with
+    ``momentum``; otherwise it normalizes with the running statistics and leaves them alone.
+    The decision is latched by :meth:`latch_epoch` at each epoch start (``latch="epoch"``, the
+    paper) or taken after every update of τ̄ (``latch="iteration"``); the first
+    ``warmup_epochs`` epochs always use batch statistics, since the initial running statistics
+    would not normalize at all. A batch of one has no pairs: it leaves τ̄ unchanged. Eval mode
+    uses the running statistics.
+
+    β = 0.1, momentum = 0.1 and one warm-up epoch are rebuilt choices (METHODS.md [R]), exposed
+    as ``beta``, ``momentum`` and ``warmup_epochs``. τ̄ is a buffer (saved with the model); the
+    latched decision is not: the protocol latches it again at the start of every epoch, a resumed
+    one included, and a layer never latched acts as in epoch 0.
+    """
+
+    def __init__(self, num_features: int, fct: float, beta: float, momentum: float, latch: str,
+                 warmup_epochs: int, eps: float, factory: dict[str, Any]) -> None:
+        super().__init__(num_features, momentum, eps, factory)
+        if latch not in LATCHES:
+            raise ValueError(f"latch must be one of {LATCHES}; got {latch!r}")
+        if not 0.0 < beta <= 1.0:
+            raise ValueError(f"beta must be in (0, 1]; got {beta}")
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0; got {warmup_epochs}")
+        self.fct = fct
+        self.beta = beta
+        self.latch = latch
+        self.warmup_epochs = warmup_epochs
+        self.register_buffer("tau", torch.zeros((), **factory))
+        self.register_buffer("tau_steps", torch.zeros((), dtype=torch.long, device=factory.get("device")))
+        self.latch_epoch(0)
+
+    def latch_epoch(self, epoch: int) -> None:
+        """Fix the statistics for training epoch ``epoch`` (from 0) from the current τ̄."""
+        self.epoch = epoch
+        self.batch_stats = self._condensed()
+
+    def _condensed(self) -> bool:
+        return self.epoch < self.warmup_epochs or float(self.tau) > self.fct
+
+    def _choose_stats(self, x: torch.Tensor) -> bool:
+        """In training: fold this batch into τ̄ and say whether to use batch statistics."""
+        if not self.training:
+            return False
+        if x.shape[0] > 1:
+            s = condensation(x).to(self.tau.dtype)
+            with torch.no_grad():
+                self.tau.copy_(torch.where(self.tau_steps > 0, torch.lerp(self.tau, s, self.beta), s))
+                self.tau_steps.add_(1)
+        if self.latch == "iteration":
+            self.batch_stats = self._condensed()
+        return self.batch_stats
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, fct={self.fct}, beta={self.beta}, latch={self.latch!r}, "
+                f"warmup_epochs={self.warmup_epochs}")
+
+
+class BatchNormFCT(FeatureCondensationNorm):
+    """``bn_fct``: BN whose statistics follow the feature condensation rule, with BN's γ, β."""
+
+    def __init__(self, num_features: int, fct: float = 0.15, beta: float = 0.1, momentum: float = 0.1,
+                 latch: str = "epoch", warmup_epochs: int = 1, eps: float = 1e-5, **kwargs: Any) -> None:
+        factory = _factory_kwargs(kwargs)
+        super().__init__(num_features, fct, beta, momentum, latch, warmup_epochs, eps, factory)
+        self.weight = nn.Parameter(torch.ones(num_features, **factory))
+        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._normalize(x, self._choose_stats(x), self.weight, self.bias)
+
+
+class RepresentativeBatchNorm(_RunningStats):
+    """``rbn`` (Gao et al., CVPR 2021): BN with centering and scaling calibration.
+
+    x′ = x + w_m⊙GAP(x); x̂ = BN(x′) without affine (running statistics track x′);
+    y = γ⊙sigmoid(w_v⊙GAP(x̂) + w_b)⊙x̂ + β. Init w_m = 0, w_v = 0, w_b = 1, γ = 1, β = 0, so a
+    fresh layer is BN scaled by sigmoid(1).
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, **kwargs: Any) -> None:
+        factory = _factory_kwargs(kwargs)
+        super().__init__(num_features, momentum, eps, factory)
+        self.center_weight = nn.Parameter(torch.zeros(num_features, **factory))
+        self.scale_weight = nn.Parameter(torch.zeros(num_features, **factory))
+        self.scale_bias = nn.Parameter(torch.ones(num_features, **factory))
+        self.weight = nn.Parameter(torch.ones(num_features, **factory))
+        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centered = x + _channel(self.center_weight, x) * gap(x)
+        x_hat = self._normalize(centered, self.training)
+        gate = torch.sigmoid(_channel(self.scale_weight, x) * gap(x_hat) + _channel(self.scale_bias, x))
+        return torch.addcmul(_channel(self.bias, x), x_hat, gate * _channel(self.weight, x))
+
+
+class BNET(_RunningStats):
+    """``bnet`` (Xu et al., TPAMI 2023): BN without affine, then a depthwise k×k convolution with
+    bias in place of γ, β, so the affine sees each channel's k×k neighbourhood. N×C×H×W only.
+
+    The kernel starts as the identity (centre tap 1, bias 0; METHODS.md [R]), so a fresh layer is
+    BN without affine.
+    """
+
+    def __init__(self, num_features: int, kernel_size: int = 3, momentum: float = 0.1, eps: float = 1e-5,
+                 **kwargs: Any) -> None:
+        factory = _factory_kwargs(kwargs)
+        super().__init__(num_features, momentum, eps, factory)
+        self.weight = _depthwise_identity(num_features, kernel_size, factory)
+        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _need_2d("bnet", x)
+        return _depthwise(self._normalize(x, self.training), self.weight, self.bias)
+
+
+class UnifiedBatchNorm(FeatureCondensationNorm):
+    """``unified_bn`` (Wang et al., arXiv:2311.15993): the condensation rule picks the statistics, RBN's
+    calibrations rectify the normalization and BNET's convolution is the affine. N×C×H×W only.
+
+    x′ = x + w_m⊙GAP(x); x̂ = x′ normalized with the statistics the rule picks (running
+    statistics track x′; the rule reads the layer input x); x̂′ = x̂⊙sigmoid(w_v⊙GAP(x̂) + w_b);
+    y = depthwise k×k conv(x̂′) + bias. Init w_m = 0, w_v = 0, w_b = 1 and an identity kernel
+    (METHODS.md [R]), so a fresh layer in its first epoch is BN without affine scaled by sigmoid(1).
+    """
+
+    def __init__(self, num_features: int, fct: float = 0.15, beta: float = 0.1, momentum: float = 0.1,
+                 latch: str = "epoch", warmup_epochs: int = 1, kernel_size: int = 3, eps: float = 1e-5,
+                 **kwargs: Any) -> None:
+        factory = _factory_kwargs(kwargs)
+        super().__init__(num_features, fct, beta, momentum, latch, warmup_epochs, eps, factory)
+        self.center_weight = nn.Parameter(torch.zeros(num_features, **factory))
+        self.scale_weight = nn.Parameter(torch.zeros(num_features, **factory))
+        self.scale_bias = nn.Parameter(torch.ones(num_features, **factory))
+        self.weight = _depthwise_identity(num_features, kernel_size, factory)
+        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _need_2d("unified_bn", x)
+        batch_stats = self._choose_stats(x)
+        centered = x + _channel(self.center_weight, x) * gap(x)
+        x_hat = self._normalize(centered, batch_stats)
+        gate = torch.sigmoid(_channel(self.scale_weight, x) * gap(x_hat) + _channel(self.scale_bias, x))
+        return _depthwise(x_hat * gate, self.weight, self.bias)
+
+
+class InstanceEnhancementBatchNorm(_RunningStats):
+    """``iebn`` (Liang et al., 2020): BN whose γ is gated per sample by the un-normalized input,
+    y = x̂⊙(γ⊙sigmoid(w_r⊙GAP(x) + b_r)) + β. Init γ = 1, β = 0, w_r = 0, b_r = −1, so a fresh
+    layer is BN scaled by sigmoid(−1).
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, **kwargs: Any) -> None:
+        factory = _factory_kwargs(kwargs)
+        super().__init__(num_features, momentum, eps, factory)
+        self.weight = nn.Parameter(torch.ones(num_features, **factory))
+        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+        self.gate_weight = nn.Parameter(torch.zeros(num_features, **factory))
+        self.gate_bias = nn.Parameter(torch.full((num_features,), -1.0, **factory))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(_channel(self.gate_weight, x) * gap(x) + _channel(self.gate_bias, x))
+        x_hat = self._normalize(x, self.training)
+        return torch.addcmul(_channel(self.bias, x), x_hat, gate * _channel(self.weight, x))
+
+
+class CondensationLatch(NormProtocol):
+    """Latches every condensation layer's statistics at each epoch start (warm-up: batch stats)."""
+
+    def before_train_epoch(self, net: nn.Module, epoch: int) -> None:
+        for layer in modules_of(net, FeatureCondensationNorm):
+            layer.latch_epoch(epoch)
+
+
+def condensation_protocol(**params: Any) -> NormProtocol:
+    """Protocol factory of ``bn_fct`` and ``unified_bn`` (the same latch for any parameters)."""
+    return CondensationLatch()
+
+
+# -- references: what a fresh layer computes in training mode ------------------------------------
+class ScaledBatchNorm(nn.Module):
+    """Plain torch BN (any rank) times a constant: the reference of the calibrated norms at init."""
+
+    def __init__(self, num_features: int, scale: float = 1.0, affine: bool = False, momentum: float = 0.1,
+                 eps: float = 1e-5, **kwargs: Any) -> None:
+        super().__init__()
+        self.bn = BatchNorm(num_features, momentum=momentum, eps=eps, affine=affine, **kwargs)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x) * self.scale
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def bn_fct_reference(num_features: int, **params: Any) -> nn.Module:
+    """``bn_fct`` in its first epoch: BN with affine."""
+    return ScaledBatchNorm(num_features, affine=True, **params)
+
+
+def rbn_reference(num_features: int, **params: Any) -> nn.Module:
+    """``rbn`` at init: BN without affine times sigmoid(1)."""
+    return ScaledBatchNorm(num_features, scale=_sigmoid(1.0), **params)
+
+
+def bnet_reference(num_features: int, **params: Any) -> nn.Module:
+    """``bnet`` with its identity kernel: BN without affine."""
+    return ScaledBatchNorm(num_features, **params)
+
+
+def unified_reference(num_features: int, **params: Any) -> nn.Module:
+    """``unified_bn`` at init, first epoch: BN without affine times sigmoid(1)."""
+    return ScaledBatchNorm(num_features, scale=_sigmoid(1.0), **params)
+
+
+def iebn_reference(num_features: int, **params: Any) -> nn.Module:
+    """``iebn`` at init: BN without affine times sigmoid(−1) (γ = 1 folded into the scale)."""
+    return ScaledBatchNorm(num_features, scale=_sigmoid(-1.0), **params)
