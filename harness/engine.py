@@ -246,6 +246,7 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
     resumed_from = config.epochs - hook.epochs_trained
     wall = time.perf_counter() - start
     metrics = {k: float(v) for k, v in runner.test().items()}
+    metrics.update({f"norm/{k}": float(v) for k, v in protocol.metrics(net).items()})
     evaluations = {}
     for evaluation in protocol.evaluations(ctx):
         evaluation.prepare(net, ctx)

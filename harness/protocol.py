@@ -112,6 +112,11 @@ class NormProtocol:
         """Evaluation protocols run after the standard test, each reported as ``name/metric``."""
         return ()
 
+    def metrics(self, net: nn.Module) -> dict[str, float]:
+        """What the method did in training (e.g. how often a rule switched), reported after
+        training as ``norm/name`` beside the task's metrics."""
+        return {}
+
 
 def chain(protocols: Sequence[NormProtocol]) -> NormProtocol:
     """One protocol from several (a norm with projection and Bayesian scale, say)."""
@@ -159,6 +164,9 @@ class _Chain(NormProtocol):
 
     def evaluations(self, ctx: TrialContext) -> Sequence[Evaluation]:
         return [e for p in self.parts for e in p.evaluations(ctx)]
+
+    def metrics(self, net: nn.Module) -> dict[str, float]:
+        return {k: v for p in self.parts for k, v in p.metrics(net).items()}
 
 
 def mean_probability(outputs: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -395,3 +395,18 @@ def test_a_digits_suite_with_unified_bn_runs_through_the_cli(tmp_path: Path) -> 
     # the engine latches through the protocol: above the threshold bn_fct is BN, below it is not
     assert nll["always-condensed"] == pytest.approx(nll["batchnorm"], abs=1e-6)
     assert nll["never-condensed"] != pytest.approx(nll["batchnorm"], abs=1e-4)
+
+
+def test_latch_protocol_reports_whether_the_rule_engaged() -> None:
+    """The protocol's metrics say how many layer-epochs ran on running statistics."""
+    from harness_plugins.norms.unified.layers import BatchNormFCT, CondensationLatch
+
+    net = torch.nn.Sequential(BatchNormFCT(4, fct=2.0), BatchNormFCT(4, fct=-1.0))  # never / always condensed
+    protocol = CondensationLatch()
+    net.train()
+    for epoch in range(3):
+        protocol.before_train_epoch(net, epoch)
+        net(torch.randn(8, 4))
+    found = protocol.metrics(net)
+    assert found["running_stat_layer_epochs"] == 2.0  # the first layer, after the warm-up epoch
+    assert -1.0 <= found["condensation_tau"] <= 1.0

@@ -290,11 +290,23 @@ class InstanceEnhancementBatchNorm(_RunningStats):
 
 
 class CondensationLatch(NormProtocol):
-    """Latches every condensation layer's statistics at each epoch start (warm-up: batch stats)."""
+    """Latches every condensation layer's statistics at each epoch start (warm-up: batch stats),
+    and reports whether the rule ever chose running statistics."""
+
+    def __init__(self) -> None:
+        self.running_layer_epochs = 0
 
     def before_train_epoch(self, net: nn.Module, epoch: int) -> None:
         for layer in modules_of(net, FeatureCondensationNorm):
             layer.latch_epoch(epoch)
+            self.running_layer_epochs += not layer.batch_stats
+
+    def metrics(self, net: nn.Module) -> dict[str, float]:
+        """The final τ̄ averaged over layers, and the layer-epochs trained on running statistics
+        (zero means the norm behaved as BN throughout)."""
+        taus = [float(layer.tau) for layer in modules_of(net, FeatureCondensationNorm)]
+        return {"condensation_tau": sum(taus) / len(taus) if taus else 0.0,
+                "running_stat_layer_epochs": float(self.running_layer_epochs)}
 
 
 def condensation_protocol(**params: Any) -> NormProtocol:
