@@ -164,6 +164,42 @@ def test_digits_datasets_are_stratified(tmp_path: Path) -> None:
     assert torch.equal(no_val.test.tensors[1], splits.test.tensors[1])
 
 
+def test_spiral_unlabeled_split_is_the_unlabeled_file_without_labels(tmp_path: Path) -> None:
+    config = _small_spiral()
+    splits = ToyTask(config, tmp_path, seed=0).datasets()
+    expected, _ = read_split(spiral_dir(tmp_path, config), "unlabeled")
+    assert len(splits.unlabeled) == 60
+    item = splits.unlabeled[5]
+    assert isinstance(item, torch.Tensor) and item.shape == (2,)  # an input alone, no target
+    assert torch.equal(torch.stack([splits.unlabeled[i] for i in range(60)]), torch.from_numpy(expected))
+    assert ToyTask(_small_spiral(unlabeled_per_class=0), tmp_path, seed=0).datasets().unlabeled is None
+
+
+def test_digits_unlabeled_fraction_drops_labels_of_part_of_the_training_split(tmp_path: Path) -> None:
+    plain = ToyTask(ToyConfig(dataset="digits"), tmp_path, seed=0).datasets()
+    assert plain.unlabeled is None
+    splits = ToyTask(ToyConfig(dataset="digits", unlabeled_fraction=0.25), tmp_path, seed=0).datasets()
+    assert len(splits.unlabeled) == round(0.25 * len(plain.train))
+    assert len(splits.train) + len(splits.unlabeled) == len(plain.train)
+    assert torch.equal(splits.test.tensors[1], plain.test.tensors[1])
+    assert torch.equal(splits.val.tensors[1], plain.val.tensors[1])
+    assert splits.unlabeled[0].shape == (1, 8, 8)
+    unlabeled = torch.stack([splits.unlabeled[i] for i in range(len(splits.unlabeled))])
+    together = torch.cat([splits.train.tensors[0], unlabeled]).flatten(1)
+    assert torch.equal(together.unique(dim=0), plain.train.tensors[0].flatten(1).unique(dim=0))
+    assert torch.unique(splits.train.tensors[1]).tolist() == list(range(10))
+
+
+def test_capabilities_follow_the_unlabeled_keys_of_the_configured_dataset() -> None:
+    assert ToyConfig().capabilities() == frozenset()
+    assert ToyConfig(unlabeled_per_class=5).capabilities() == {"unlabeled"}
+    assert ToyConfig(dataset="digits", unlabeled_per_class=5).capabilities() == frozenset()
+    assert ToyConfig(dataset="digits", unlabeled_fraction=0.1).capabilities() == {"unlabeled"}
+    assert ToyConfig(unlabeled_fraction=0.1).capabilities() == frozenset()
+    with pytest.raises(ValidationError):
+        ToyConfig(dataset="digits", unlabeled_fraction=1.0)
+
+
 def test_spiral_model_shapes_and_norm_calls(tmp_path: Path) -> None:
     norm = RecordingNorm(torch.nn.BatchNorm1d)
     model = ToyTask(ToyConfig(classes=3, hidden=[8, 6, 4]), tmp_path, seed=0).model(norm)

@@ -1,5 +1,8 @@
 """The ``toy`` task: a spiral MLP or an 8×8 digits CNN, small enough to train in seconds.
 
+Both datasets can set unlabeled inputs aside for semi-supervised norms (capability
+``unlabeled``): spiral with ``unlabeled_per_class``, digits with ``unlabeled_fraction``.
+
 This module is what ``harness list`` imports, so it holds only the suite keys and the
 registration; numpy, sklearn and torch are imported by the run-time side in ``task.py``.
 """
@@ -25,7 +28,7 @@ class ToyConfig(TaskConfig):
     test_points_per_class: int = Field(200, ge=1, description="spiral: test points per class")
     val_points_per_class: int = Field(0, ge=0, description="spiral: validation points per class (0 = none)")
     unlabeled_per_class: int = Field(
-        0, ge=0, description="spiral: unlabeled points per class, stored for semi-supervised norms"
+        0, ge=0, description="spiral: unlabeled points per class, the unlabeled split of semi-supervised norms"
     )
     noise: float = Field(0.0, ge=0, description="spiral: each coordinate gets U(-1, 1) * noise")
     hidden: list[Annotated[int, Field(ge=1)]] = Field(
@@ -35,6 +38,9 @@ class ToyConfig(TaskConfig):
     channels: int = Field(16, ge=1, description="digits: width of the first conv layer")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="digits: fraction held out for validation")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="digits: fraction held out for test")
+    unlabeled_fraction: float = Field(
+        0.0, ge=0, lt=1, description="digits: fraction of the training split whose labels are dropped (unlabeled split)"
+    )
     data_seed: int = Field(0, description="seed of the data generation or split, fixed across trial seeds")
 
     @model_validator(mode="after")
@@ -46,6 +52,11 @@ class ToyConfig(TaskConfig):
     def norm_dims(self) -> frozenset[str]:
         """The spiral MLP normalizes N×C features, the digits CNN N×C×H×W maps."""
         return frozenset({"1d"}) if self.dataset == "spiral" else frozenset({"2d"})
+
+    def capabilities(self) -> frozenset[str]:
+        """``unlabeled`` when the configured dataset sets unlabeled inputs aside."""
+        unlabeled = self.unlabeled_per_class if self.dataset == "spiral" else self.unlabeled_fraction
+        return frozenset({"unlabeled"}) if unlabeled > 0 else frozenset()
 
     def variant_label(self) -> str:
         return self.dataset
@@ -60,6 +71,7 @@ def harness_register_tasks(register: Callable[[Task], None]) -> None:
             config=ToyConfig,
             summary="spiral MLP (TensorFlow playground) or sklearn 8x8 digits CNN; trains in seconds on CPU",
             metrics={"accuracy": "max", "nll": "min"},
+            # always class labels; "unlabeled" depends on the configuration (ToyConfig.capabilities)
             provides=frozenset({"labels"}),
         )
     )

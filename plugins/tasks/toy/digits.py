@@ -12,10 +12,12 @@ CLASSES = 10
 
 
 def load_digit_splits(config: ToyConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Train, test and (unless ``val_fraction`` is 0) val: X float32 [n, 1, 8, 8] in [0, 1], y int64.
+    """Train, test, val (unless ``val_fraction`` is 0) and unlabeled (unless ``unlabeled_fraction``
+    is 0): X float32 [n, 1, 8, 8] in [0, 1], y int64 (the unlabeled split's y is for the caller to drop).
 
-    Both fractions are of the whole data set; the test split is taken first, so changing
-    ``val_fraction`` leaves the test set unchanged.
+    Val and test fractions are of the whole data set; the test split is taken first, so changing
+    ``val_fraction`` leaves the test set unchanged. ``unlabeled_fraction`` is of what remains for
+    training, split off last (stratified), so it changes neither test nor val.
     """
     digits = load_digits()
     x = (digits.data / 16).astype(np.float32).reshape(-1, 1, 8, 8)
@@ -31,5 +33,11 @@ def load_digit_splits(config: ToyConfig) -> dict[str, tuple[np.ndarray, np.ndarr
             x_rest, y_rest, test_size=n_val, stratify=y_rest, random_state=config.data_seed
         )
         splits["val"] = (x_val, y_val)
+    n_unlabeled = round(config.unlabeled_fraction * len(y_rest))
+    if n_unlabeled:
+        x_rest, x_unl, y_rest, y_unl = train_test_split(
+            x_rest, y_rest, test_size=n_unlabeled, stratify=y_rest, random_state=config.data_seed
+        )
+        splits["unlabeled"] = (x_unl, y_unl)
     splits["train"] = (x_rest, y_rest)
     return splits

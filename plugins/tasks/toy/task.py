@@ -9,14 +9,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from harness import Splits
 
 from . import ToyConfig
 from .digits import CLASSES as DIGIT_CLASSES
 from .digits import load_digit_splits
-from .spiral import load_spiral
+from .spiral import load_spiral, read_split, spiral_dir
 
 
 class ToyTask:
@@ -31,12 +31,19 @@ class ToyTask:
         self.data_root = Path(data_root)
 
     def datasets(self) -> Splits:
+        """The labeled splits, and the unlabeled one (inputs only) when the configuration has it."""
+        unlabeled = None
         if self.config.dataset == "spiral":
             arrays = load_spiral(self.data_root, self.config)
+            if self.config.unlabeled_per_class:
+                unlabeled = read_split(spiral_dir(self.data_root, self.config), "unlabeled")[0]
         else:
             arrays = load_digit_splits(self.config)
+            if "unlabeled" in arrays:
+                unlabeled = arrays.pop("unlabeled")[0]
         tensors = {name: _tensor_dataset(x, y) for name, (x, y) in arrays.items()}
-        return Splits(train=tensors["train"], test=tensors["test"], val=tensors.get("val"))
+        return Splits(train=tensors["train"], test=tensors["test"], val=tensors.get("val"),
+                      unlabeled=None if unlabeled is None else InputDataset(torch.from_numpy(unlabeled).float()))
 
     def model(self, norm_layer: Callable[[int], nn.Module]) -> nn.Module:
         """Spiral: MLP with a norm after each hidden linear; digits: 3-conv CNN, norm after each conv.
@@ -87,6 +94,19 @@ class ToyTask:
             "accuracy": sum(s["correct"] for s in stats) / count,
             "nll": sum(s["nll_sum"] for s in stats) / count,
         }
+
+
+class InputDataset(Dataset):
+    """Inputs without targets (the unlabeled split): item ``i`` is the tensor ``inputs[i]``."""
+
+    def __init__(self, inputs: torch.Tensor) -> None:
+        self.inputs = inputs
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.inputs[index]
 
 
 def _tensor_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:

@@ -1,0 +1,60 @@
+"""Batch Renormalization (Ioffe, 2017): BN whose training output is corrected towards the
+running statistics, so that training and inference normalize alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from harness_plugins.norms.baselines import BatchNorm
+
+from .common import check_batch, per_channel, reduce_dims
+
+__all__ = ["BatchRenorm"]
+
+
+class BatchRenorm(BatchNorm):
+    """Train: x̂ = ((x − μ_B)/σ_B)·r + d with r = clip(σ_B/σ, 1/r_max, r_max) and
+    d = clip((μ_B − μ)/σ, −d_max, d_max), σ = sqrt(running_var + eps), r and d constants in
+    backward. Eval: running statistics, as BN.
+
+    The clipping limits ramp linearly from r_max = 1, d_max = 0 (plain BN) to ``r_max``,
+    ``d_max`` over the first ``warmup_steps`` training steps; the step count is
+    ``num_batches_tracked``, a buffer, so it survives checkpoints. r and d use the running
+    statistics from before this step's update, which then follows BN's (unbiased running_var).
+    """
+
+    def __init__(self, num_features: int, r_max: float = 3.0, d_max: float = 5.0, warmup_steps: int = 1000,
+                 momentum: float = 0.1, eps: float = 1e-5, **kwargs: Any) -> None:
+        if r_max < 1 or d_max < 0 or warmup_steps < 0:
+            raise ValueError(f"batch_renorm needs r_max >= 1, d_max >= 0, warmup_steps >= 0; "
+                             f"got {r_max}, {d_max}, {warmup_steps}")
+        super().__init__(num_features, momentum=momentum, eps=eps, **kwargs)
+        self.r_max = r_max
+        self.d_max = d_max
+        self.warmup_steps = warmup_steps
+
+    def limits(self) -> tuple[float, float]:
+        """(r_max, d_max) at the current step."""
+        step = int(self.num_batches_tracked)
+        ramp = min(step / self.warmup_steps, 1.0) if self.warmup_steps else 1.0
+        return 1.0 + (self.r_max - 1.0) * ramp, self.d_max * ramp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        check_batch(x, "batch_renorm")
+        r_max, d_max = self.limits()
+        with torch.no_grad():
+            var, mean = torch.var_mean(x, dim=reduce_dims(x), unbiased=False)
+            sigma = (self.running_var + self.eps).sqrt()
+            r = ((var + self.eps).sqrt() / sigma).clamp(1.0 / r_max, r_max)
+            d = ((mean - self.running_mean) / sigma).clamp(-d_max, d_max)
+        self.num_batches_tracked.add_(1)
+        # BN's own training pass: (x − μ_B)/σ_B with gradients through the batch statistics,
+        # and the running-statistics update.
+        x_hat = F.batch_norm(x, self.running_mean, self.running_var, None, None, True, self.momentum, self.eps)
+        weight, bias = per_channel(r * self.weight, x), per_channel(d * self.weight + self.bias, x)
+        return x_hat * weight + bias

@@ -1,0 +1,67 @@
+"""Switchable Normalization (Luo et al., 2019): each layer learns its own mixture of instance,
+layer and batch statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["SwitchableNorm"]
+
+
+class SwitchableNorm(nn.Module):
+    """μ = Σ_k softmax(w_μ)_k μ_k and σ² = Σ_k softmax(w_σ)_k σ²_k over k ∈ {IN, LN, BN}, then
+    y = γ (x − μ)/sqrt(σ² + eps) + β with a per-channel affine.
+
+    IN statistics are per sample and channel over H, W; LN and BN statistics are derived from
+    them (LN: over channels, BN: over the batch, each as mean of means and of second moments).
+    All variances are biased. The six mixture scalars start equal (ones); gradients flow
+    through every statistic. At eval the BN part uses running statistics (PyTorch momentum,
+    unbiased ``running_var``), the IN and LN parts the sample's own. N×C×H×W input only: IN
+    needs spatial positions.
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, **kwargs: Any) -> None:
+        super().__init__()
+        factory = {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}
+        self.num_features = num_features
+        self.momentum = momentum
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features, **factory))
+        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+        self.mean_weight = nn.Parameter(torch.ones(3, **factory))
+        self.var_weight = nn.Parameter(torch.ones(3, **factory))
+        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+        self.register_buffer("running_var", torch.ones(num_features, **factory))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"switchable_norm needs N×C×H×W input (IN statistics are spatial); "
+                             f"got shape {tuple(x.shape)}")
+        var_in, mean_in = torch.var_mean(x, dim=(2, 3), keepdim=True, unbiased=False)
+        moment_in = var_in + mean_in.square()
+        mean_ln = mean_in.mean(1, keepdim=True)
+        var_ln = (moment_in.mean(1, keepdim=True) - mean_ln.square()).clamp_min(0)
+        if self.training:
+            n = x.shape[0] * x.shape[2] * x.shape[3]
+            if n < 2:
+                raise ValueError(f"switchable_norm needs more than 1 value per channel in training; "
+                                 f"got shape {tuple(x.shape)}")
+            mean_bn = mean_in.mean(0, keepdim=True)
+            var_bn = (moment_in.mean(0, keepdim=True) - mean_bn.square()).clamp_min(0)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean_bn.flatten(), self.momentum)
+                self.running_var.lerp_(var_bn.flatten() * (n / (n - 1)), self.momentum)
+        else:
+            mean_bn = self.running_mean.view(1, -1, 1, 1)
+            var_bn = self.running_var.view(1, -1, 1, 1)
+        wm, wv = self.mean_weight.softmax(0), self.var_weight.softmax(0)
+        mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
+        var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
+        x_hat = (x - mean) * (var + self.eps).rsqrt()
+        return x_hat * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"

@@ -1,0 +1,133 @@
+"""Unsupervised Batch Normalization (Kocyigit et al., 2020): batch statistics from labeled and
+unlabeled inputs together, the loss from the labeled ones alone.
+
+The protocol makes every training batch ``(x, y, u)`` and runs ONE train-mode forward of
+``cat([x, u])``, keeping the outputs of ``x``: that is the paper's two steps (update the
+statistics on the combined batch, then forward the labeled part with them) in a single pass,
+and it updates the running statistics once. Two naive passes would update them twice and
+normalize ``x`` with labeled-only statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from harness.protocol import NormProtocol, TrialContext
+from harness_plugins.norms.baselines import BatchNorm
+
+from .common import check_batch, reduce_dims
+
+__all__ = ["UnlabeledStream", "UnsupervisedBatchNorm", "UnsupervisedProtocol", "protocol"]
+
+StatsGrad = Literal["detach", "full"]
+
+
+class UnsupervisedBatchNorm(BatchNorm):
+    """BN whose training statistics the protocol computes over ``[x_labeled; x_unlabeled]``.
+
+    ``stats_grad="detach"`` (default, the paper's "disentangled" reading: the statistics are
+    set in a step of their own, the weights updated in the next) treats the batch mean and
+    variance as constants in backward; ``"full"`` back-propagates through them as BN does.
+    Either way the forward values and the running-statistics update are BN's. Eval: running
+    statistics.
+    """
+
+    def __init__(self, num_features: int, stats_grad: StatsGrad = "detach", momentum: float = 0.1,
+                 eps: float = 1e-5, **kwargs: Any) -> None:
+        if stats_grad not in ("detach", "full"):
+            raise ValueError(f"stats_grad must be 'detach' or 'full'; got {stats_grad!r}")
+        super().__init__(num_features, momentum=momentum, eps=eps, **kwargs)
+        self.stats_grad = stats_grad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.stats_grad == "full":
+            return super().forward(x)
+        n = check_batch(x, "unsupervised_bn")
+        with torch.no_grad():
+            var, mean = torch.var_mean(x, dim=reduce_dims(x), unbiased=False)
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * (n / (n - 1)), self.momentum)
+            self.num_batches_tracked.add_(1)
+        # The batch statistics enter as constants: BN's formula with training=False.
+        return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, stats_grad={self.stats_grad}"
+
+
+class UnlabeledStream:
+    """Endless batches of unlabeled inputs: each pass over the set in a fresh random order.
+
+    Items of the unlabeled dataset are inputs alone (a 1-tuple such as TensorDataset's is
+    unpacked as well).
+    """
+
+    def __init__(self, dataset: Dataset, generator: torch.Generator) -> None:
+        if len(dataset) == 0:
+            raise ValueError("the unlabeled set is empty")
+        self.dataset = dataset
+        self.generator = generator
+        self._order: Iterator[int] = iter(())
+
+    def take(self, k: int) -> torch.Tensor:
+        """The next ``k`` inputs (k >= 1), reshuffling whenever the set is used up."""
+        indices: list[int] = []
+        while len(indices) < k:
+            nxt = next(self._order, None)
+            if nxt is None:
+                self._order = iter(torch.randperm(len(self.dataset), generator=self.generator).tolist())
+            else:
+                indices.append(nxt)
+        items = [self.dataset[i] for i in indices]
+        return default_collate([it[0] if isinstance(it, (tuple, list)) else it for it in items])
+
+
+class _WithUnlabeled:
+    """A collate function that appends ``ratio`` unlabeled inputs per labeled one to each batch."""
+
+    def __init__(self, stream: UnlabeledStream, ratio: int) -> None:
+        self.stream = stream
+        self.ratio = ratio
+
+    def __call__(self, items: list[Any]) -> list[torch.Tensor]:
+        inputs, targets = default_collate(items)[:2]
+        return [inputs, targets, self.stream.take(self.ratio * len(inputs))]
+
+
+class UnsupervisedProtocol(NormProtocol):
+    """Batches ``(x, y, u)`` with ``len(u) == ratio * len(x)``; one forward of ``cat([x, u])``.
+
+    ``ratio = 0`` keeps the standard loader: UBN with an empty unlabeled batch is BN.
+    """
+
+    def __init__(self, ratio: int = 8) -> None:
+        if ratio < 0:
+            raise ValueError(f"ratio must be >= 0; got {ratio}")
+        self.ratio = ratio
+
+    def train_loader(self, ctx: TrialContext, batch_size: int) -> DataLoader | None:
+        if self.ratio == 0:
+            return None
+        if ctx.splits.unlabeled is None:
+            raise ValueError("unsupervised_bn needs an unlabeled split; the task provided none")
+        seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
+        stream = UnlabeledStream(ctx.splits.unlabeled, torch.Generator().manual_seed(seed))
+        train = ctx.splits.train
+        return DataLoader(train, batch_size=batch_size, shuffle=True, generator=ctx.generator,
+                          drop_last=len(train) > batch_size, collate_fn=_WithUnlabeled(stream, self.ratio))
+
+    def train_forward(self, net: nn.Module, inputs: torch.Tensor, extra: Any = None) -> torch.Tensor:
+        if extra is None:
+            return net(inputs)
+        out = net(torch.cat([inputs, extra.to(device=inputs.device, dtype=inputs.dtype)]))
+        return out[: len(inputs)]
+
+
+def protocol(ratio: int = 8, **_: Any) -> UnsupervisedProtocol:
+    return UnsupervisedProtocol(ratio=ratio)
