@@ -193,7 +193,8 @@ def run_trial(request: TrialRequest, events: Events = lambda event: None) -> Tri
     generator = torch.Generator().manual_seed(request.seed)
     world, rank = distributed_rank()
     ctx = TrialContext(net=net, splits=splits, config=config, seed=request.seed,
-                       provides=request.task.provides | config.capabilities(), generator=generator)
+                       provides=request.task.provides | config.capabilities(), generator=generator,
+                       world=world, rank=rank)
     protocol.setup(ctx)
     model = TaskModel(net, impl, protocol, ctx)
     model.per_sample = world > 1

@@ -36,6 +36,8 @@ class TrialContext:
     seed: int
     provides: frozenset[str]
     generator: torch.Generator
+    world: int = 1  # processes of a multi-device trial; a protocol's own loader shards by these
+    rank: int = 0
 
     @property
     def train_size(self) -> int:
