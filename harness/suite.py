@@ -153,12 +153,12 @@ class Suite:
 
     def missing_data(self, data_root: Path) -> list[Problem]:
         """A problem for every variant whose data is not under ``data_root``."""
-        problems = []
+        problems: dict[str, Problem] = {}  # variants reading the same data share one message
         for variant in self.variants:
             why = variant.config.missing_data(data_root)
-            if why:
-                problems.append(Problem(str(self.path), "task.dataset", f"{variant.label}: {why}"))
-        return problems
+            if why and why not in problems:
+                problems[why] = Problem(str(self.path), "task.dataset", why)
+        return list(problems.values())
 
     def pairs(self) -> list[tuple[Variant, NormSpec]]:
         """Every (variant, norm) the suite compares, exclusions removed."""
