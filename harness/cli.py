@@ -292,7 +292,7 @@ def _data_root(suite: Any, out: Path) -> Path:
 
 
 def _require_data(suite: Any, data_root: Path) -> None:
-    problems = suite.missing_data(data_root)
+    problems = suite.missing_data(data_root) + suite.runtime_problems()
     if problems:
         raise UserError(problems)
 

@@ -160,6 +160,14 @@ class Suite:
                 problems[why] = Problem(str(self.path), "task.dataset", why)
         return list(problems.values())
 
+    def runtime_problems(self) -> list[Problem]:
+        """The checks each variant can only make with its run-time libraries imported."""
+        found: dict[str, Problem] = {}
+        for variant in self.variants:
+            for why in variant.config.runtime_problems():
+                found.setdefault(why, Problem(str(self.path), "task", why))
+        return list(found.values())
+
     def pairs(self) -> list[tuple[Variant, NormSpec]]:
         """Every (variant, norm) the suite compares, exclusions removed."""
         return [

@@ -81,6 +81,12 @@ class TaskConfig(BaseModel):
         loader expects and how to point the harness at it; None when it is there (or generated)."""
         return None
 
+    def runtime_problems(self) -> list[str]:
+        """Checks that need the run-time libraries (e.g. is the model name known to timm).
+        ``harness run`` makes them before anything trains; ``harness check`` stays light and
+        leaves them out."""
+        return []
+
     def smoke(self, data_root: Path) -> TaskConfig:
         """The same configuration scaled down to a quick end-to-end check (one epoch, tiny data),
         with tiny data written under ``data_root`` in the very format the real loader reads.

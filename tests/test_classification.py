@@ -7,6 +7,7 @@ import csv
 import functools
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -241,8 +242,9 @@ def test_a_model_without_a_place_for_the_norm_is_an_error() -> None:
 
 
 def test_config_checks_model_names_and_reserved_kwargs() -> None:
-    with pytest.raises(ValidationError, match="unknown timm model 'resnet5O'.*resnet50"):
-        ClassificationConfig(model="resnet5O")
+    (problem,) = ClassificationConfig(model="resnet5O").runtime_problems()
+    assert re.search("unknown timm model 'resnet5O'.*resnet50", problem)
+    assert ClassificationConfig(model="cifar_resnet20").runtime_problems() == []
     with pytest.raises(ValidationError, match="set by the task"):
         ClassificationConfig(model_kwargs={"num_classes": 3})
     with pytest.raises(ValidationError, match="set `resize`"):
@@ -384,3 +386,15 @@ def test_every_suite_smoke_runs(tmp_path: Path, suite: str) -> None:
 def _column(rows: list[str], name: str) -> list[str]:
     reader = csv.DictReader(rows)
     return [row[name] for row in reader]
+
+
+def test_an_unknown_model_stops_run_but_not_check(tmp_path: Path) -> None:
+    """`harness check` stays free of timm; `harness run` asks timm before anything trains."""
+    suite = tmp_path / "typo.toml"
+    suite.write_text('[suite]\nname = "typo"\nseeds = [0]\nmetric = "top1"\n'
+                     '[task]\nuse = "classification"\ndataset = "digits"\nmodel = "resnet5O"\n'
+                     '[[norm]]\nuse = "batchnorm"\n')
+    assert run_cli("check", str(suite), cwd=tmp_path).returncode == 0
+    result = run_cli("run", str(suite), cwd=tmp_path)
+    assert result.returncode == 2 and "unknown timm model 'resnet5O'" in result.stderr
+    assert not (tmp_path / "runs").exists()

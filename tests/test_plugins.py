@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SCALED_BN, run_cli, write_suite
+from conftest import REPO, SCALED_BN, run_cli, write_suite
 
 
 @pytest.fixture
@@ -101,7 +101,8 @@ def test_a_local_plugin_file_that_fails_to_import(workdir: Path) -> None:
 def test_listing_and_checking_import_no_torch(workdir: Path) -> None:
     suite = write_suite(workdir.parent)
     code = ("import sys; from harness.cli import main; main(['list', 'norms']); main(['list', 'tasks']); "
-            f"main(['check', {str(suite)!r}]); heavy = {{'torch', 'mmengine', 'timm'}} & set(sys.modules); "
+            f"main(['check', {str(suite)!r}]); main(['check', {str(REPO / 'suites' / 'cifar10.toml')!r}]); "
+            "heavy = {'torch', 'mmengine', 'timm'} & set(sys.modules); "
             "assert not heavy, heavy")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir)
     assert result.returncode == 0, result.stderr

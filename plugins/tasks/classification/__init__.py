@@ -17,7 +17,8 @@ centre crop (the image itself when ``image_size`` is the native size). ``"auto"`
 
 This module is what ``harness list`` imports: suite keys and registration only. numpy, PIL,
 torch and timm are imported by the run-time modules (:mod:`.formats`, :mod:`.data`,
-:mod:`.models`, :mod:`.task`), and by the ``model`` check, which asks timm's registry.
+:mod:`.models`, :mod:`.task`), and by :meth:`ClassificationConfig.runtime_problems`, which
+asks timm's registry when a run starts.
 """
 
 from __future__ import annotations
@@ -94,18 +95,18 @@ class ClassificationConfig(TaskConfig):
     mean: tuple[float, ...] | None = Field(None, description="per-channel input mean; default the dataset's")
     std: tuple[float, ...] | None = Field(None, description="per-channel input std; default the dataset's")
 
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, name: str) -> str:
+    def runtime_problems(self) -> list[str]:
+        """The model name against timm's registry: it needs timm, so `harness run` asks it before
+        anything trains and `harness check` stays free of heavy imports."""
         import timm
 
         from . import models  # noqa: F401 - registers the papers' networks in timm
 
-        if not timm.is_model(name):
-            close = difflib.get_close_matches(name, timm.list_models(), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"unknown timm model {name!r}{hint} (`timm.list_models()` lists them)")
-        return name
+        if timm.is_model(self.model):
+            return []
+        close = difflib.get_close_matches(self.model, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return [f"model: unknown timm model {self.model!r}{hint} (`timm.list_models()` lists them)"]
 
     @field_validator("model_kwargs")
     @classmethod
