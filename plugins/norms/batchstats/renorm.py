@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from harness_plugins.norms.baselines import BatchNorm
 
-from .common import check_batch, per_channel, reduce_dims
+from .common import check_batch
 
 __all__ = ["BatchRenorm"]
 
@@ -48,13 +48,13 @@ class BatchRenorm(BatchNorm):
         check_batch(x, "batch_renorm")
         r_max, d_max = self.limits()
         with torch.no_grad():
-            var, mean = torch.var_mean(x, dim=reduce_dims(x), unbiased=False)
+            # BN's own statistics kernel (biased variance): much faster than var_mean on CPU.
+            mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
             sigma = (self.running_var + self.eps).sqrt()
             r = ((var + self.eps).sqrt() / sigma).clamp(1.0 / r_max, r_max)
             d = ((mean - self.running_mean) / sigma).clamp(-d_max, d_max)
         self.num_batches_tracked.add_(1)
-        # BN's own training pass: (x − μ_B)/σ_B with gradients through the batch statistics,
-        # and the running-statistics update.
-        x_hat = F.batch_norm(x, self.running_mean, self.running_var, None, None, True, self.momentum, self.eps)
-        weight, bias = per_channel(r * self.weight, x), per_channel(d * self.weight + self.bias, x)
-        return x_hat * weight + bias
+        # One fused BN training pass, (x − μ_B)/σ_B·(γ·r) + (β + γ·d), with gradients through the
+        # batch statistics (r, d constants) and the running-statistics update.
+        return F.batch_norm(x, self.running_mean, self.running_var, r * self.weight, d * self.weight + self.bias,
+                            True, self.momentum, self.eps)

@@ -8,6 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness_plugins.norms.ops import scale_shift
+
+from .common import instance_moments
+
 __all__ = ["SwitchableNorm"]
 
 
@@ -40,7 +44,7 @@ class SwitchableNorm(nn.Module):
         if x.dim() != 4:
             raise ValueError(f"switchable_norm needs N×C×H×W input (IN statistics are spatial); "
                              f"got shape {tuple(x.shape)}")
-        var_in, mean_in = torch.var_mean(x, dim=(2, 3), keepdim=True, unbiased=False)
+        mean_in, var_in = instance_moments(x)
         moment_in = var_in + mean_in.square()
         mean_ln = mean_in.mean(1, keepdim=True)
         var_ln = (moment_in.mean(1, keepdim=True) - mean_ln.square()).clamp_min(0)
@@ -60,8 +64,9 @@ class SwitchableNorm(nn.Module):
         wm, wv = self.mean_weight.softmax(0), self.var_weight.softmax(0)
         mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
         var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
-        x_hat = (x - mean) * (var + self.eps).rsqrt()
-        return x_hat * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        # γ(x − μ)/sqrt(σ² + eps) + β as one fused x·A + B with per-sample-channel A, B.
+        scale = (var + self.eps).rsqrt() * self.weight.view(1, -1, 1, 1)
+        return scale_shift(x, scale, self.bias.view(1, -1, 1, 1) - mean * scale)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"

@@ -268,7 +268,7 @@ class BayesianScale(nn.Module):
         if self.training or self.sample_in_eval:
             xi = torch.randn(_noise_shape(x_hat), device=x_hat.device, dtype=x_hat.dtype)
             scale = scale + _per_channel(self.sigma, x_hat) * xi
-        return (x_hat + _per_channel(self.bias, x_hat)) * scale
+        return torch.addcmul(_per_channel(self.bias, x_hat) * scale, x_hat, scale)
 
     def kl(self) -> torch.Tensor:
         """Σ over channels of KL(N(s_c, σ_S,c²) ‖ N(1, σ₀²))."""

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from harness.protocol import NormProtocol, modules_of
 from harness_plugins.norms.baselines import BatchNorm
+from harness_plugins.norms.ops import scale_shift
 
 __all__ = [
     "BNET",
@@ -54,9 +55,24 @@ def _channel(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return p.view(1, -1, *([1] * (x.dim() - 2)))
 
 
+class _SpatialMean(torch.autograd.Function):
+    """x.mean over the spatial dims (keepdim) whose backward hands back a broadcast view instead of
+    a materialized N×C×H×W tensor."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape
+        ctx.count = x[0, 0].numel()
+        return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return (grad / ctx.count).expand(ctx.shape)
+
+
 def gap(x: torch.Tensor) -> torch.Tensor:
     """Per-sample global average over the spatial dims, kept as N×C×1×1; N×C input is its own GAP."""
-    return x.mean(dim=tuple(range(2, x.dim())), keepdim=True) if x.dim() > 2 else x
+    return _SpatialMean.apply(x) if x.dim() > 2 else x
 
 
 def condensation(x: torch.Tensor) -> torch.Tensor:
@@ -216,7 +232,7 @@ class RepresentativeBatchNorm(_RunningStats):
         centered = x + _channel(self.center_weight, x) * gap(x)
         x_hat = self._normalize(centered, self.training)
         gate = torch.sigmoid(_channel(self.scale_weight, x) * gap(x_hat) + _channel(self.scale_bias, x))
-        return torch.addcmul(_channel(self.bias, x), x_hat, gate * _channel(self.weight, x))
+        return scale_shift(x_hat, gate * _channel(self.weight, x), _channel(self.bias, x))
 
 
 class BNET(_RunningStats):
@@ -266,7 +282,7 @@ class UnifiedBatchNorm(FeatureCondensationNorm):
         centered = x + _channel(self.center_weight, x) * gap(x)
         x_hat = self._normalize(centered, batch_stats)
         gate = torch.sigmoid(_channel(self.scale_weight, x) * gap(x_hat) + _channel(self.scale_bias, x))
-        return _depthwise(x_hat * gate, self.weight, self.bias)
+        return _depthwise(scale_shift(x_hat, gate, x_hat.new_zeros(())), self.weight, self.bias)
 
 
 class InstanceEnhancementBatchNorm(_RunningStats):
@@ -286,7 +302,7 @@ class InstanceEnhancementBatchNorm(_RunningStats):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = torch.sigmoid(_channel(self.gate_weight, x) * gap(x) + _channel(self.gate_bias, x))
         x_hat = self._normalize(x, self.training)
-        return torch.addcmul(_channel(self.bias, x), x_hat, gate * _channel(self.weight, x))
+        return scale_shift(x_hat, gate * _channel(self.weight, x), _channel(self.bias, x))
 
 
 class CondensationLatch(NormProtocol):
