@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from trial_overhead import output_to, seed_everything
+from trial_overhead import quiet_trial, seed_everything
 
-from harness.engine import TrialRequest, run_trial
 from harness.norm import Norm
 from harness.plugins import load_registry
 from harness.task import OptimizerConfig, Task
@@ -61,18 +60,8 @@ def plain_epoch(config: ClassificationConfig, norm: Norm, seed: int, data_root: 
 
 def harness_epoch(task: Task, config: ClassificationConfig, norm: Norm, seed: int, threads: int, work_dir: Path,
                   data_root: Path) -> float:
-    """Samples/s of the training epoch of one :func:`run_trial` (its console output to a log file)."""
-    request = TrialRequest(task=task, config=config, norm=norm, norm_params={}, seed=seed, work_dir=work_dir,
-                           data_root=data_root, threads=threads)
-    work_dir.mkdir(parents=True)
-    log = work_dir / "console.log"
-    try:
-        with output_to(log):
-            result = run_trial(request)
-    except BaseException:
-        print(log.read_text()[-4000:], file=sys.stderr)
-        raise
-    return result.cost["samples_per_second"]
+    """Samples/s of the training epoch of one :func:`run_trial`."""
+    return quiet_trial(task, config, norm, seed, threads, work_dir, data_root).cost["samples_per_second"]
 
 
 def main() -> int:

@@ -27,12 +27,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from harness.engine import TrialRequest, run_trial
+from harness.engine import TrialRequest, TrialResult, run_trial
 from harness.norm import Norm
 from harness.plugins import load_registry
 from harness.task import OptimizerConfig, ScheduleConfig, Task
@@ -131,20 +132,26 @@ def output_to(log: Path) -> Iterator[None]:
             os.close(f)
 
 
-def harness_trial(task: Task, config: ToyConfig, norm: Norm, seed: int, threads: int, work_dir: Path,
-                  data_root: Path) -> Measured:
-    """One :func:`run_trial` in this process; its Runner's console output goes to a log file."""
+def quiet_trial(task: Task, config: Any, norm: Norm, seed: int, threads: int, work_dir: Path,
+                data_root: Path) -> TrialResult:
+    """One :func:`run_trial` in this process, its Runner's console output in a log file (shown
+    only if the trial fails)."""
     request = TrialRequest(task=task, config=config, norm=norm, norm_params={}, seed=seed, work_dir=work_dir,
                            data_root=data_root, threads=threads)
     work_dir.mkdir(parents=True)
     log = work_dir / "console.log"
-    start = time.perf_counter()
     try:
         with output_to(log):
-            result = run_trial(request)
+            return run_trial(request)
     except BaseException:
         print(log.read_text()[-4000:], file=sys.stderr)
         raise
+
+
+def harness_trial(task: Task, config: ToyConfig, norm: Norm, seed: int, threads: int, work_dir: Path,
+                  data_root: Path) -> Measured:
+    start = time.perf_counter()
+    result = quiet_trial(task, config, norm, seed, threads, work_dir, data_root)
     wall = time.perf_counter() - start
     samples = round(result.cost["samples_per_second"] * result.cost["train_seconds"])
     return Measured(result.cost["train_seconds"], wall, samples, result.metrics)

@@ -7,8 +7,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,6 +70,19 @@ def write_suite(directory: Path, body: str = "", *, name: str = "tiny", seeds: s
     path = directory / f"{name}.toml"
     path.write_text(text + textwrap.dedent(body))
     return path
+
+
+def randomize_affine(*modules: nn.Module, seed: int = 1) -> None:
+    """Give every module the same random weight and bias, so that the affine is tested too."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.rand(modules[0].weight.shape, generator=g) + 0.5
+    bias = torch.randn(modules[0].bias.shape, generator=g)
+    with torch.no_grad():
+        for m in modules:
+            m.weight.copy_(weight)
+            m.bias.copy_(bias)
 
 
 @pytest.fixture

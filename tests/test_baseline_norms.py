@@ -16,6 +16,8 @@ from harness import Norm
 from harness_plugins.norms import harness_register_norms
 from harness_plugins.norms.baselines import BatchNorm, GroupNorm, Identity, InstanceNorm, LayerNorm
 
+from conftest import randomize_affine
+
 C = 6
 
 
@@ -27,16 +29,6 @@ def _input(*shape: int, seed: int = 0) -> torch.Tensor:
     scale = torch.rand(channel, generator=g) * 4 + 0.5
     return torch.randn(shape, generator=g) * scale + mean
 
-
-def _randomize_affine(*modules: nn.Module, seed: int = 1) -> None:
-    """Give every module the same random weight and bias, so the affine is actually tested."""
-    g = torch.Generator().manual_seed(seed)
-    weight = torch.rand(modules[0].weight.shape, generator=g) + 0.5
-    bias = torch.randn(modules[0].bias.shape, generator=g)
-    with torch.no_grad():
-        for m in modules:
-            m.weight.copy_(weight)
-            m.bias.copy_(bias)
 
 
 def _assert_same(ours: nn.Module, ref: nn.Module, shape: tuple[int, ...], steps: int = 3) -> None:
@@ -67,7 +59,7 @@ def _assert_same(ours: nn.Module, ref: nn.Module, shape: tuple[int, ...], steps:
 )
 def test_batchnorm_equals_torch(ref_cls: type[nn.Module], shape: tuple[int, ...]) -> None:
     ours, ref = BatchNorm(C, momentum=0.2), ref_cls(C, momentum=0.2)
-    _randomize_affine(ours, ref)
+    randomize_affine(ours, ref)
     _assert_same(ours, ref, shape)
     assert ours.num_batches_tracked.item() == 3
 
@@ -91,7 +83,7 @@ def test_groupnorm_default_is_32() -> None:
 @pytest.mark.parametrize("shape", [(4, 12), (4, 12, 5, 3)])
 def test_groupnorm_equals_torch(shape: tuple[int, ...]) -> None:
     ours, ref = GroupNorm(12, groups=8), nn.GroupNorm(6, 12)
-    _randomize_affine(ours, ref)
+    randomize_affine(ours, ref)
     _assert_same(ours, ref, shape)
 
 
@@ -104,7 +96,7 @@ def test_layernorm_at_init_is_plain_layer_norm(shape: tuple[int, ...]) -> None:
 @pytest.mark.parametrize("shape", [(4, C), (4, C, 5, 3)])
 def test_layernorm_equals_groupnorm_with_one_group(shape: tuple[int, ...]) -> None:
     ours, ref = LayerNorm(C), nn.GroupNorm(1, C)
-    _randomize_affine(ours, ref)
+    randomize_affine(ours, ref)
     _assert_same(ours, ref, shape)
     x = _input(*shape)
     channel = (1, C) + (1,) * (len(shape) - 2)
@@ -114,7 +106,7 @@ def test_layernorm_equals_groupnorm_with_one_group(shape: tuple[int, ...]) -> No
 
 def test_instancenorm_equals_torch() -> None:
     ours, ref = InstanceNorm(C), nn.InstanceNorm2d(C, affine=True)
-    _randomize_affine(ours, ref)
+    randomize_affine(ours, ref)
     _assert_same(ours, ref, (4, C, 5, 3))
     assert not ours.track_running_stats
     assert set(ours.state_dict()) == {"weight", "bias"}

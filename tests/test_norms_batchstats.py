@@ -31,7 +31,7 @@ from harness_plugins.norms.batchstats.ubn import UnsupervisedBatchNorm, Unsuperv
 from harness_plugins.tasks.toy import ToyConfig
 from harness_plugins.tasks.toy.task import ToyTask
 
-from conftest import run_cli, write_suite
+from conftest import randomize_affine, run_cli, write_suite
 
 EPS = 1e-5
 
@@ -50,15 +50,6 @@ def _input(*shape: int, seed: int = 0) -> torch.Tensor:
         + torch.randn(channel, generator=g) * 3
 
 
-def _randomize_affine(*modules: nn.Module, seed: int = 1) -> None:
-    g = torch.Generator().manual_seed(seed)
-    weight = torch.rand(modules[0].weight.shape, generator=g) + 0.5
-    bias = torch.randn(modules[0].bias.shape, generator=g)
-    with torch.no_grad():
-        for m in modules:
-            m.weight.copy_(weight)
-            m.bias.copy_(bias)
-
 
 def _stats(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of an N×C tensor, written out."""
@@ -71,8 +62,8 @@ def _mlp(norm_layer: functools.partial | type, classes: int = 3, seed: int = 0) 
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(2, 5), norm_layer(5), nn.ReLU(), nn.Linear(5, 4), norm_layer(4), nn.ReLU(),
                         nn.Linear(4, classes))
-    _randomize_affine(net[1], seed=seed + 1)
-    _randomize_affine(net[4], seed=seed + 2)
+    randomize_affine(net[1], seed=seed + 1)
+    randomize_affine(net[4], seed=seed + 2)
     return net
 
 
@@ -136,13 +127,13 @@ def test_ubn_detach_gradient_is_bn_with_constant_statistics_and_full_is_bn() -> 
     grads = {}
     for mode in ("detach", "full"):
         layer = UnsupervisedBatchNorm(4, stats_grad=mode, dtype=torch.float64)
-        _randomize_affine(layer)
+        randomize_affine(layer)
         xi = x.clone().requires_grad_()
         (layer(xi) * g).sum().backward()
         grads[mode] = [xi.grad, layer.weight.grad, layer.bias.grad]
     # detach: the batch statistics, computed from the plain tensor, enter as constants
     ref = nn.BatchNorm1d(4, dtype=torch.float64)
-    _randomize_affine(ref)
+    randomize_affine(ref)
     w, b = ref.weight.detach().clone().requires_grad_(), ref.bias.detach().clone().requires_grad_()
     mean, var = _stats(x)
     xi = x.clone().requires_grad_()
@@ -268,7 +259,7 @@ def test_batch_renorm_warmup_ramps_the_limits_linearly_in_steps(step: int, r_max
 
 def test_batch_renorm_matches_the_hand_formulas_with_clipping() -> None:
     layer = BatchRenorm(4, r_max=3.0, d_max=5.0, warmup_steps=100, dtype=torch.float64)
-    _randomize_affine(layer)
+    randomize_affine(layer)
     layer.num_batches_tracked.fill_(50)  # half way: r in [1/2, 2], d in [-2.5, 2.5]
     running_mean = torch.tensor([0.0, 10.0, -10.0, 0.5], dtype=torch.float64)
     running_var = torch.tensor([1.0, 1.0, 1.0, 100.0], dtype=torch.float64)
@@ -307,7 +298,7 @@ def test_batch_renorm_matches_the_hand_formulas_with_clipping() -> None:
 @pytest.mark.parametrize(("r_max", "d_max", "warmup", "start"), [(3.0, 5.0, 1000, 0), (1.0, 0.0, 0, 500)])
 def test_batch_renorm_is_bn_while_r_is_1_and_d_is_0(r_max: float, d_max: float, warmup: int, start: int) -> None:
     ours, ref = BatchRenorm(3, r_max=r_max, d_max=d_max, warmup_steps=warmup), nn.BatchNorm2d(3)
-    _randomize_affine(ours, ref)
+    randomize_affine(ours, ref)
     with torch.no_grad():
         for m in (ours, ref):  # far-off running statistics: r and d would not be 1 and 0 if unclipped
             m.running_mean.fill_(4.0)
@@ -388,7 +379,7 @@ def test_mc_draws_are_statistics_of_random_training_batches_averaged_in_probabil
 
 def test_switchable_norm_mixes_in_ln_and_bn_statistics_as_written() -> None:
     layer = SwitchableNorm(6)
-    _randomize_affine(layer)
+    randomize_affine(layer)
     assert torch.equal(layer.mean_weight.softmax(0), torch.full((3,), 1 / 3))
     with torch.no_grad():
         layer.mean_weight.copy_(torch.tensor([0.3, -0.2, 0.5]))
