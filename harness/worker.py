@@ -51,9 +51,10 @@ def work(book: TrialBook, options: WorkerOptions, progress: Progress = lambda ki
         if claim is not None and ran == 0:
             _warm_up(book.plans)
         if claim is None:
-            if book.in_flight() == 0:
+            in_flight = book.in_flight()
+            if in_flight == 0:
                 return ran
-            progress("waiting", {"in_flight": book.in_flight()})
+            progress("waiting", {"in_flight": in_flight})
             time.sleep(POLL_SECONDS)
             book.sync()  # retry_failed applies once, at the start: a trial failing again stays failed
             continue
