@@ -318,6 +318,36 @@ def test_bn_fct_formula_in_training_and_eval() -> None:
                  * _c(layer.weight, x) + _c(layer.bias, x))
 
 
+# -- gradients: the fused backward against finite differences ---------------------------------
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize(("cls", "shape"), [
+    (RepresentativeBatchNorm, (5, 3, 3, 4)), (RepresentativeBatchNorm, (6, 3)),
+    (InstanceEnhancementBatchNorm, (5, 3, 3, 4)), (InstanceEnhancementBatchNorm, (6, 3)),
+    (BNET, (5, 3, 3, 4)), (UnifiedBatchNorm, (5, 3, 3, 4)),
+])
+def test_gradients_to_the_input_and_every_parameter_are_exact(cls: type[nn.Module], shape: tuple[int, ...],
+                                                               training: bool) -> None:
+    """The backward of the fused per-sample affine (the moments differentiated in one pass, the
+    coefficient algebra by autograd) against float64 finite differences, with batch statistics
+    (training) and with running ones (eval)."""
+    layer = cls(3, dtype=torch.float64)
+    _randomize(layer)
+    with torch.no_grad():
+        layer.running_mean.uniform_(-1, 1)
+        layer.running_var.uniform_(0.5, 2)
+    layer.train(training)
+    names = [name for name, _ in layer.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in layer.parameters())
+    buffers = {name: b for name, b in layer.named_buffers()}
+    x = _input(*shape, seed=21).double().requires_grad_()
+
+    def run(x: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        state = {**{k: v.clone() for k, v in buffers.items()}, **dict(zip(names, values, strict=True))}
+        return torch.func.functional_call(layer, state, (x,))
+
+    assert torch.autograd.gradcheck(run, (x, *params))
+
+
 # -- references at init ------------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "scale", "shapes"), [
     ("bn_fct", 1.0, [(6, C, 4, 4), (8, C)]),

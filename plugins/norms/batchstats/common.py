@@ -65,33 +65,3 @@ def batch_statistics(net: nn.Module) -> Iterator[list[_BatchNorm]]:
                 m.num_batches_tracked.copy_(tracked)
         for m, training in modes:
             m.training = training
-
-
-class _InstanceMoments(torch.autograd.Function):
-    """Per sample-channel mean and biased variance over H, W of N×C×H×W input (each N×C×1×1), from
-    BN's statistics kernel run on the N·C instances; the backward is one fused pass."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n, c = x.shape[:2]
-        mean, var = torch.batch_norm_update_stats(x.reshape(1, n * c, -1), None, None, 0.0)
-        mean, var = mean.view(n, c, 1, 1), var.view(n, c, 1, 1)
-        ctx.save_for_backward(x, mean)
-        return mean, var
-
-    @staticmethod
-    def backward(ctx: Any, grad_mean: torch.Tensor | None, grad_var: torch.Tensor | None) -> torch.Tensor:
-        x, mean = ctx.saved_tensors
-        count = x.shape[2] * x.shape[3]
-        if grad_mean is None:
-            grad_mean = torch.zeros_like(mean)
-        if grad_var is None:
-            return (grad_mean / count).expand(x.shape)
-        # d/dx of mean: 1/HW; of the biased variance: 2(x − mean)/HW.
-        slope = grad_var * (2.0 / count)
-        return torch.addcmul((grad_mean / count) - slope * mean, x, slope)
-
-
-def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, biased var) over H, W, each N×C×1×1, with gradients."""
-    return _InstanceMoments.apply(x)

@@ -3,12 +3,13 @@ running statistics, so that training and inference normalize alike."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from harness_plugins.norms.baselines import BatchNorm
+from harness_plugins.norms.ops import batch_moments, moment_norm
 
 from .common import check_batch
 
@@ -47,14 +48,26 @@ class BatchRenorm(BatchNorm):
             return super().forward(x)
         check_batch(x, "batch_renorm")
         r_max, d_max = self.limits()
-        with torch.no_grad():
-            # BN's own statistics kernel (biased variance): much faster than var_mean on CPU.
-            mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
-            sigma = (self.running_var + self.eps).sqrt()
-            r = ((var + self.eps).sqrt() / sigma).clamp(1.0 / r_max, r_max)
-            d = ((mean - self.running_mean) / sigma).clamp(-d_max, d_max)
         self.num_batches_tracked.add_(1)
-        # One fused BN training pass, (x − μ_B)/σ_B·(γ·r) + (β + γ·d), with gradients through the
-        # batch statistics (r, d constants) and the running-statistics update.
-        return F.batch_norm(x, self.running_mean, self.running_var, r * self.weight, d * self.weight + self.bias,
-                            True, self.momentum, self.eps)
+        # The correction reads the running statistics from before this step's update: passed as
+        # copies, since the backward recomputes the coefficients after the update.
+        return moment_norm(x, partial(_coefficients, r_max=r_max, d_max=d_max), self.weight, self.bias,
+                           self.running_mean.clone(), self.running_var.clone(), batch_stats=True,
+                           running_mean=self.running_mean, running_var=self.running_var, momentum=self.momentum,
+                           eps=self.eps)
+
+
+def _coefficients(mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                  prior_mean: torch.Tensor, prior_var: torch.Tensor, *, r_max: float, d_max: float, eps: float,
+                  **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """((x − μ_B)/σ_B·r + d)·γ + β as a·(x − m) + c; gradients through μ_B, σ_B, none through r
+    and d."""
+    batch_mean, batch_var = batch_moments(mean, var)
+    shape = batch_mean.shape
+    inv_std = (batch_var + eps).rsqrt()
+    with torch.no_grad():
+        sigma = (prior_var.view(shape) + eps).sqrt()
+        r = (sigma * inv_std).reciprocal().clamp(1.0 / r_max, r_max)
+        d = ((batch_mean - prior_mean.view(shape)) / sigma).clamp(-d_max, d_max)
+    a = inv_std * r * weight.view(shape)
+    return a, bias.view(shape) + weight.view(shape) * d + (mean - batch_mean) * a

@@ -8,9 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness_plugins.norms.ops import scale_shift
-
-from .common import instance_moments
+from harness_plugins.norms.ops import batch_moments, moment_norm
 
 __all__ = ["SwitchableNorm"]
 
@@ -44,29 +42,28 @@ class SwitchableNorm(nn.Module):
         if x.dim() != 4:
             raise ValueError(f"switchable_norm needs N×C×H×W input (IN statistics are spatial); "
                              f"got shape {tuple(x.shape)}")
-        mean_in, var_in = instance_moments(x)
-        moment_in = var_in + mean_in.square()
-        mean_ln = mean_in.mean(1, keepdim=True)
-        var_ln = (moment_in.mean(1, keepdim=True) - mean_ln.square()).clamp_min(0)
-        if self.training:
-            n = x.shape[0] * x.shape[2] * x.shape[3]
-            if n < 2:
-                raise ValueError(f"switchable_norm needs more than 1 value per channel in training; "
-                                 f"got shape {tuple(x.shape)}")
-            mean_bn = mean_in.mean(0, keepdim=True)
-            var_bn = (moment_in.mean(0, keepdim=True) - mean_bn.square()).clamp_min(0)
-            with torch.no_grad():
-                self.running_mean.lerp_(mean_bn.flatten(), self.momentum)
-                self.running_var.lerp_(var_bn.flatten() * (n / (n - 1)), self.momentum)
-        else:
-            mean_bn = self.running_mean.view(1, -1, 1, 1)
-            var_bn = self.running_var.view(1, -1, 1, 1)
-        wm, wv = self.mean_weight.softmax(0), self.var_weight.softmax(0)
-        mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
-        var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
-        # γ(x − μ)/sqrt(σ² + eps) + β as one fused x·A + B with per-sample-channel A, B.
-        scale = (var + self.eps).rsqrt() * self.weight.view(1, -1, 1, 1)
-        return scale_shift(x, scale, self.bias.view(1, -1, 1, 1) - mean * scale)
+        return moment_norm(x, _coefficients, self.mean_weight, self.var_weight, self.weight, self.bias,
+                           batch_stats=self.training, running_mean=self.running_mean, running_var=self.running_var,
+                           momentum=self.momentum, eps=self.eps, need_var=True)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+def _coefficients(mean_in: torch.Tensor, var_in: torch.Tensor, mean_weight: torch.Tensor, var_weight: torch.Tensor,
+                  weight: torch.Tensor, bias: torch.Tensor, *, running_mean: torch.Tensor, running_var: torch.Tensor,
+                  eps: float, batch_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """γ(x − μ)/sqrt(σ² + eps) + β as a·(x − μ_IN) + c, μ and σ² mixed from the IN (per-sample) moments and
+    the LN and BN moments derived from them."""
+    moment_in = var_in + mean_in.square()
+    mean_ln = mean_in.mean(1, keepdim=True)
+    var_ln = (moment_in.mean(1, keepdim=True) - mean_ln.square()).clamp_min(0)
+    if batch_stats:
+        mean_bn, var_bn = batch_moments(mean_in, var_in)
+    else:
+        mean_bn, var_bn = running_mean.view(1, -1, 1, 1), running_var.view(1, -1, 1, 1)
+    wm, wv = mean_weight.softmax(0), var_weight.softmax(0)
+    mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
+    var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
+    a = (var + eps).rsqrt() * weight.view(1, -1, 1, 1)
+    return a, bias.view(1, -1, 1, 1) + (mean_in - mean) * a

@@ -15,13 +15,13 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from harness.protocol import NormProtocol, TrialContext
 from harness_plugins.norms.baselines import BatchNorm
+from harness_plugins.norms.ops import batch_moments, moment_norm
 
-from .common import check_batch, reduce_dims
+from .common import check_batch
 
 __all__ = ["UnlabeledStream", "UnsupervisedBatchNorm", "UnsupervisedProtocol", "protocol"]
 
@@ -48,17 +48,24 @@ class UnsupervisedBatchNorm(BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.stats_grad == "full":
             return super().forward(x)
-        n = check_batch(x, "unsupervised_bn")
-        with torch.no_grad():
-            var, mean = torch.var_mean(x, dim=reduce_dims(x), unbiased=False)
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var * (n / (n - 1)), self.momentum)
-            self.num_batches_tracked.add_(1)
-        # The batch statistics enter as constants: BN's formula with training=False.
-        return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+        check_batch(x, "unsupervised_bn")
+        self.num_batches_tracked.add_(1)
+        return moment_norm(x, _detached_coefficients, self.weight, self.bias, batch_stats=True,
+                           running_mean=self.running_mean, running_var=self.running_var, momentum=self.momentum,
+                           eps=self.eps)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, stats_grad={self.stats_grad}"
+
+
+def _detached_coefficients(mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
+                           running_mean: torch.Tensor, running_var: torch.Tensor, eps: float,
+                           batch_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """BN with the batch statistics as constants: a = γ/σ_B, c = β + a·(m − μ_B), μ_B and σ_B
+    detached (m, the sample's own mean, stays: it only centres the computation)."""
+    batch_mean, batch_var = (t.detach() for t in batch_moments(mean, var))
+    a = (batch_var + eps).rsqrt() * weight.view(batch_mean.shape)
+    return a, bias.view(batch_mean.shape) + (mean - batch_mean) * a
 
 
 class UnlabeledStream:

@@ -20,6 +20,7 @@ PyTorch momentum), of the input *after* centering where there is centering.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from torch.nn import functional as F
 
 from harness.protocol import NormProtocol, modules_of
 from harness_plugins.norms.baselines import BatchNorm
-from harness_plugins.norms.ops import scale_shift
+from harness_plugins.norms.ops import Coefficients, batch_moments, moment_norm
 
 __all__ = [
     "BNET",
@@ -94,7 +95,8 @@ def condensation(x: torch.Tensor) -> torch.Tensor:
 
 
 class _RunningStats(nn.Module):
-    """BN's running statistics and a normalization that uses batch or running statistics."""
+    """BN's running statistics, and the normalization the variants share: y = a·x + b per sample
+    and channel through :func:`moment_affine`, with batch or running statistics."""
 
     def __init__(self, num_features: int, momentum: float, eps: float, factory: dict[str, Any]) -> None:
         super().__init__()
@@ -112,8 +114,63 @@ class _RunningStats(nn.Module):
         return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, batch_stats, self.momentum,
                             self.eps)
 
+    def _affine(self, x: torch.Tensor, coefficients: Coefficients, batch_stats: bool, *params: torch.Tensor,
+                tracked: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """:func:`moment_norm` with this layer's running statistics, momentum and eps."""
+        return moment_norm(x, coefficients, *params, batch_stats=batch_stats, running_mean=self.running_mean,
+                           running_var=self.running_var, momentum=self.momentum, eps=self.eps, tracked=tracked)
+
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+def _statistics(mean: torch.Tensor, var: torch.Tensor | None, running_mean: torch.Tensor,
+                running_var: torch.Tensor, eps: float, batch_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (μ, 1/√(σ² + eps)), each 1×C×1…: the batch's, from per-sample moments, or the
+    running ones."""
+    if batch_stats:
+        mu, sigma2 = batch_moments(mean, var)
+    else:
+        mu, sigma2 = _channel(running_mean, mean), _channel(running_var, mean)
+    return mu, (sigma2 + eps).rsqrt()
+
+
+def _bn_coefficients(mean: torch.Tensor, var: torch.Tensor | None, *, running_mean: torch.Tensor,
+                     running_var: torch.Tensor, eps: float, batch_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """BN without affine: a = 1/σ, c = (m − μ)/σ."""
+    mu, inv_std = _statistics(mean, var, running_mean, running_var, eps, batch_stats)
+    return inv_std, (mean - mu) * inv_std
+
+
+def _rbn_coefficients(mean: torch.Tensor, var: torch.Tensor | None, center_weight: torch.Tensor,
+                      scale_weight: torch.Tensor, scale_bias: torch.Tensor, *affine: torch.Tensor,
+                      running_mean: torch.Tensor, running_var: torch.Tensor, eps: float,
+                      batch_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """RBN's centering and scaling calibration around BN (``affine``: γ, β, or none for UBN).
+
+    With m the per-sample mean of x: x′ = x + w_m·m has per-sample mean (1 + w_m)·m and the
+    variance of x; x̂ = (x′ − μ)/σ; GAP(x̂) = ((1 + w_m)·m − μ)/σ; the gated output
+    γ·g·x̂ + β is a·(x − m) + c with a = γ·g/σ and c = β + a·((1 + w_m)·m − μ).
+    """
+    center = _channel(center_weight, mean)
+    centered_mean = mean * (1 + center)
+    mu, inv_std = _statistics(centered_mean, var, running_mean, running_var, eps, batch_stats)
+    gate = torch.sigmoid(_channel(scale_weight, mean) * (centered_mean - mu) * inv_std + _channel(scale_bias, mean))
+    if not affine:
+        a = gate * inv_std
+        return a, a * (centered_mean - mu)
+    a = gate * inv_std * _channel(affine[0], mean)
+    return a, a * (centered_mean - mu) + _channel(affine[1], mean)
+
+
+def _iebn_coefficients(mean: torch.Tensor, var: torch.Tensor | None, gate_weight: torch.Tensor,
+                       gate_bias: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
+                       running_mean: torch.Tensor, running_var: torch.Tensor, eps: float,
+                       batch_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """IEBN: a = γ·sigmoid(w_r·GAP(x) + b_r)/σ, c = β + a·(m − μ)."""
+    mu, inv_std = _statistics(mean, var, running_mean, running_var, eps, batch_stats)
+    a = torch.sigmoid(_channel(gate_weight, mean) * mean + _channel(gate_bias, mean)) * _channel(weight, mean) * inv_std
+    return a, _channel(bias, mean) + a * (mean - mu)
 
 
 def _depthwise_identity(num_features: int, kernel_size: int, factory: dict[str, Any]) -> nn.Parameter:
@@ -229,10 +286,12 @@ class RepresentativeBatchNorm(_RunningStats):
         self.bias = nn.Parameter(torch.zeros(num_features, **factory))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        centered = x + _channel(self.center_weight, x) * gap(x)
-        x_hat = self._normalize(centered, self.training)
-        gate = torch.sigmoid(_channel(self.scale_weight, x) * gap(x_hat) + _channel(self.scale_bias, x))
-        return scale_shift(x_hat, gate * _channel(self.weight, x), _channel(self.bias, x))
+        return self._affine(x, _rbn_coefficients, self.training, self.center_weight, self.scale_weight,
+                            self.scale_bias, self.weight, self.bias, tracked=self._centered)
+
+    def _centered(self, mean: torch.Tensor) -> torch.Tensor:
+        """The per-sample mean of the centered input x + w_m·GAP(x), which the running stats track."""
+        return mean * (1 + _channel(self.center_weight.detach(), mean))
 
 
 class BNET(_RunningStats):
@@ -252,7 +311,7 @@ class BNET(_RunningStats):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _need_2d("bnet", x)
-        return _depthwise(self._normalize(x, self.training), self.weight, self.bias)
+        return _depthwise(self._affine(x, _bn_coefficients, self.training), self.weight, self.bias)
 
 
 class UnifiedBatchNorm(FeatureCondensationNorm):
@@ -278,11 +337,11 @@ class UnifiedBatchNorm(FeatureCondensationNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _need_2d("unified_bn", x)
-        batch_stats = self._choose_stats(x)
-        centered = x + _channel(self.center_weight, x) * gap(x)
-        x_hat = self._normalize(centered, batch_stats)
-        gate = torch.sigmoid(_channel(self.scale_weight, x) * gap(x_hat) + _channel(self.scale_bias, x))
-        return _depthwise(scale_shift(x_hat, gate, x_hat.new_zeros(())), self.weight, self.bias)
+        normalized = self._affine(x, _rbn_coefficients, self._choose_stats(x), self.center_weight, self.scale_weight,
+                                  self.scale_bias, tracked=self._centered)
+        return _depthwise(normalized, self.weight, self.bias)
+
+    _centered = RepresentativeBatchNorm._centered
 
 
 class InstanceEnhancementBatchNorm(_RunningStats):
@@ -300,9 +359,8 @@ class InstanceEnhancementBatchNorm(_RunningStats):
         self.gate_bias = nn.Parameter(torch.full((num_features,), -1.0, **factory))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = torch.sigmoid(_channel(self.gate_weight, x) * gap(x) + _channel(self.gate_bias, x))
-        x_hat = self._normalize(x, self.training)
-        return scale_shift(x_hat, gate * _channel(self.weight, x), _channel(self.bias, x))
+        return self._affine(x, _iebn_coefficients, self.training, self.gate_weight, self.gate_bias, self.weight,
+                            self.bias)
 
 
 class CondensationLatch(NormProtocol):
