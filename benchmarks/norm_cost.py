@@ -94,6 +94,11 @@ def layers_seconds(make: object, shapes: list[tuple[int, ...]], inputs: list[tor
     return statistics.median(times)
 
 
+def depthwise_conv(num_features: int, **kwargs: object) -> nn.Module:
+    """A depthwise 3×3 convolution with bias, as bnet's affine."""
+    return nn.Conv2d(num_features, num_features, 3, padding=1, groups=num_features)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
@@ -122,6 +127,15 @@ def main() -> int:
         def timed(norm_layer: object, protocol: NormProtocol | None) -> float:
             return layers_seconds(norm_layer or nn.BatchNorm2d, shapes, inputs, args.steps)
 
+    def ratio_to_bn(norm_layer: object, protocol: NormProtocol | None) -> tuple[float, float, float]:
+        """(ours ms, BN ms, median ratio) over alternating rounds."""
+        ours, theirs = [], []
+        for _ in range(args.rounds):
+            theirs.append(timed(None, None))
+            ours.append(timed(norm_layer, protocol))
+        ratio = statistics.median(o / t for o, t in zip(ours, theirs, strict=True))
+        return statistics.median(ours) * 1e3, statistics.median(theirs) * 1e3, ratio
+
     results: dict[str, float] = {}
     what = ("whole training step" if args.mode == "step"
             else f"the norm's forward+backward at its {len(shapes)} positions")
@@ -129,24 +143,26 @@ def main() -> int:
     print(f"{'norm':24} {'ms':>9} {'BN ms':>8} {'ratio':>7}")
     for name in names:
         norm = registry.norms[name]
-        ours, theirs = [], []
         try:
-            for _ in range(args.rounds):
-                theirs.append(timed(None, None))
-                ours.append(timed(norm.layer(), norm.make_protocol()))
+            ours_ms, bn_ms, ratio = ratio_to_bn(norm.layer(), norm.make_protocol())
         except Exception as exc:  # noqa: BLE001 - report and go on to the next norm
             print(f"{name:24} failed: {type(exc).__name__}: {exc}")
             continue
-        ratio = statistics.median(o / t for o, t in zip(ours, theirs, strict=True))
         results[name] = round(ratio, 3)
         flag = "" if ratio <= 1.5 else "  > 1.5x"
-        print(f"{name:24} {statistics.median(ours) * 1e3:9.1f} {statistics.median(theirs) * 1e3:8.1f} "
-              f"{ratio:7.2f}{flag}")
+        print(f"{name:24} {ours_ms:9.1f} {bn_ms:8.1f} {ratio:7.2f}{flag}")
     over = sorted(n for n, r in results.items() if r > 1.5)
     print(f"{len(results) - len(over)} of {len(results)} norms within 1.5x of BatchNorm2d" +
           (f"; over: {', '.join(over)}" if over else ""))
+    # Context for norms whose affine is a depthwise convolution (bnet, unified_bn): the
+    # convolution alone, torch's own kernel, measured against BN the same way.
+    floor = None
+    if args.mode == "layers":
+        floor = round(ratio_to_bn(depthwise_conv, None)[2], 3)
+        print(f"for comparison, torch's depthwise 3x3 convolution alone (the affine of bnet and unified_bn): "
+              f"{floor:.2f}x BatchNorm2d")
     print(json.dumps({"bench": "norm_cost", "mode": args.mode, "reference": REFERENCE, "ratios": results,
-                      "over_target": over}))
+                      "over_target": over, "depthwise_conv_alone": floor}))
     return 0
 
 

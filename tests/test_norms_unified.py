@@ -440,3 +440,21 @@ def test_latch_protocol_reports_whether_the_rule_engaged() -> None:
     found = protocol.metrics(net)
     assert found["running_stat_layer_epochs"] == 2.0  # the first layer, after the warm-up epoch
     assert -1.0 <= found["condensation_tau"] <= 1.0
+
+
+def test_half_precision_input_is_normalized_with_float32_statistics() -> None:
+    """Under mixed precision (autocast) a norm sees bfloat16 activations: the statistics and the
+    affine are computed in float32 (as torch's BN does) and the output keeps the input's dtype."""
+    x = _input(8, C, 4, 4, seed=22)
+    for name in ("rbn", "iebn", "unified_bn"):
+        torch.manual_seed(0)
+        layer = load_registry().norms[name].layer()(C).train()
+        _randomize(layer)
+        reference = layer(x.bfloat16().float())
+        low = x.bfloat16().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(low)
+        assert out.dtype == torch.bfloat16
+        assert_close(out.float(), reference, atol=0.05, rtol=0.02)
+        out.float().sum().backward()
+        assert low.grad is not None and low.grad.dtype == torch.bfloat16 and torch.isfinite(low.grad).all()

@@ -1,13 +1,15 @@
 """A fused operation the batch-norm variants share: a per-sample, per-channel affine map of x whose
 coefficients are a function of x's own per-sample moments.
 
-BN, RBN, IEBN, UBN and switchable norm all compute y = a·x + b where a and b (one value per
-sample and channel) depend on the per-sample means and variances of x, the norm's parameters and
-its running statistics. Written as separate torch ops, each intermediate costs a full pass over
-N×C×H×W memory in the forward and again in the backward, and a norm ends up at 2-3x torch's
-fused BN. :func:`moment_affine` needs the passes BN needs: forward, the moments and the output;
-backward, one reduction pass and one pass for the input gradient; the N×C-sized algebra between
-is differentiated by autograd. ``benchmarks/norm_cost.py`` measures the result.
+RBN, IEBN, BNET's and UBN's normalization, UBN (the unsupervised one) with constant statistics,
+batch renorm and switchable norm all compute y = a·(x − m) + c, where m is each sample's channel
+mean and a, c (one value per sample and channel) depend on the per-sample means and variances
+of x, the norm's parameters and its running statistics. Written as separate torch ops, each
+intermediate costs a full pass over N×C×H×W memory in the forward and again in the backward,
+and a norm ends up at 2-3x torch's fused BN on a CPU. :func:`moment_affine` needs about the
+passes BN needs: forward, the moments and the output; backward, one reduction pass and one pass
+for the input gradient; the N×C-sized algebra between is differentiated by autograd.
+``benchmarks/norm_cost.py`` measures the result.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class _MomentAffine(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, coefficients: Coefficients, need_var: bool,
                 *params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         rows = _rows(x)
+        if rows.dtype in (torch.float16, torch.bfloat16):  # statistics in float32, as torch's BN
+            rows = rows.float()
         mean = rows.mean(1, keepdim=True)
         differentiable = any(ctx.needs_input_grad)
         centered = rows - mean if need_var or differentiable else None
@@ -65,7 +69,7 @@ class _MomentAffine(torch.autograd.Function):
             ctx.coefficients = coefficients
             ctx.save_for_backward(centered, mean, var, *params)
         ctx.mark_non_differentiable(mean, *([] if var is None else [var]))
-        return y.view(x.shape), mean, var
+        return y.view(x.shape).to(x.dtype), mean, var
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -76,7 +80,7 @@ class _MomentAffine(torch.autograd.Function):
         leaves = [p.detach().requires_grad_(ctx.needs_input_grad[3 + i]) for i, p in enumerate(params)]
         with torch.enable_grad():
             a, c = ctx.coefficients(moments[0], None if var is None else moments[1], *leaves)
-        grad_rows = grad.reshape(centered.shape)
+        grad_rows = grad.reshape(centered.shape).to(centered.dtype)
         grad_sum = _per_sample(grad_rows.sum(1), grad)
         grad_a = _per_sample(torch.linalg.vecdot(grad_rows, centered), grad).sum_to_size(a.shape)
         targets = moments + [p for p in leaves if p.requires_grad]
@@ -98,7 +102,7 @@ class _MomentAffine(torch.autograd.Function):
             if grad_var is not None:
                 grad_x.addcmul_(centered, grad_var.reshape(-1, 1), value=2.0 / count)
             grad_x.add_(offset / count)
-            grad_x = grad_x.view(grad.shape)
+            grad_x = grad_x.view(grad.shape).to(grad.dtype)
         return grad_x, None, None, *grad_params
 
 
