@@ -12,9 +12,11 @@ norm of its own here, so the paper's ablation rows can be run side by side:
 * :class:`InstanceEnhancementBatchNorm` (``iebn``): BN's γ gated by GAP(x) (Liang et al., 2020).
 
 Per-channel parameters are stored as C-vectors (viewed as 1×C×1×1 in the forward) so that
-``rbn`` and ``iebn`` serve N×C input too, where GAP(x) is x itself. Every layer normalizes with
-``F.batch_norm`` and keeps BN's ``running_mean``/``running_var`` buffers (unbiased variance,
-PyTorch momentum), of the input *after* centering where there is centering.
+``rbn`` and ``iebn`` serve N×C input too, where GAP(x) is x itself. ``bn_fct`` normalizes with
+``F.batch_norm``; the others compute their output as one per-sample affine map of x through
+:func:`~harness_plugins.norms.ops.moment_norm` (near BN's cost). Every layer keeps BN's
+``running_mean``/``running_var`` buffers (unbiased variance, PyTorch momentum), of the input
+*after* centering where there is centering.
 """
 
 from __future__ import annotations
@@ -56,26 +58,6 @@ def _channel(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return p.view(1, -1, *([1] * (x.dim() - 2)))
 
 
-class _SpatialMean(torch.autograd.Function):
-    """x.mean over the spatial dims (keepdim) whose backward hands back a broadcast view instead of
-    a materialized N×C×H×W tensor."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        ctx.shape = x.shape
-        ctx.count = x[0, 0].numel()
-        return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return (grad / ctx.count).expand(ctx.shape)
-
-
-def gap(x: torch.Tensor) -> torch.Tensor:
-    """Per-sample global average over the spatial dims, kept as N×C×1×1; N×C input is its own GAP."""
-    return _SpatialMean.apply(x) if x.dim() > 2 else x
-
-
 def condensation(x: torch.Tensor) -> torch.Tensor:
     """Mean cosine similarity over the pairs i ≠ j of the N samples of x, each flattened (a 0-dim
     tensor of at least float32 precision, no gradient). Needs N ≥ 2.
@@ -95,8 +77,8 @@ def condensation(x: torch.Tensor) -> torch.Tensor:
 
 
 class _RunningStats(nn.Module):
-    """BN's running statistics, and the normalization the variants share: y = a·x + b per sample
-    and channel through :func:`moment_affine`, with batch or running statistics."""
+    """BN's running statistics, and the normalization the variants share: y = a·(x − m) + c per
+    sample and channel through :func:`moment_norm`, with batch or running statistics."""
 
     def __init__(self, num_features: int, momentum: float, eps: float, factory: dict[str, Any]) -> None:
         super().__init__()
