@@ -1,7 +1,7 @@
 """A fused operation the batch-norm variants share: a per-sample, per-channel affine map of x whose
 coefficients are a function of x's own per-sample moments.
 
-RBN, IEBN, BNET's and UBN's normalization, UBN (the unsupervised one) with constant statistics,
+RBN, IEBN, Unified BN's normalization, Unsupervised BN with constant statistics,
 batch renorm and switchable norm all compute y = a·(x − m) + c, where m is each sample's channel
 mean and a, c (one value per sample and channel) depend on the per-sample means and variances
 of x, the norm's parameters and its running statistics. Written as separate torch ops, each

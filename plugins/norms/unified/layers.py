@@ -12,8 +12,8 @@ norm of its own here, so the paper's ablation rows can be run side by side:
 * :class:`InstanceEnhancementBatchNorm` (``iebn``): BN's γ gated by GAP(x) (Liang et al., 2020).
 
 Per-channel parameters are stored as C-vectors (viewed as 1×C×1×1 in the forward) so that
-``rbn`` and ``iebn`` serve N×C input too, where GAP(x) is x itself. ``bn_fct`` normalizes with
-``F.batch_norm``; the others compute their output as one per-sample affine map of x through
+``rbn`` and ``iebn`` serve N×C input too, where GAP(x) is x itself. ``bn_fct`` and ``bnet``
+normalize with ``F.batch_norm``; the others compute their output as one per-sample affine map of x through
 :func:`~harness_plugins.norms.ops.moment_norm` (near BN's cost). Every layer keeps BN's
 ``running_mean``/``running_var`` buffers (unbiased variance, PyTorch momentum), of the input
 *after* centering where there is centering.
@@ -115,13 +115,6 @@ def _statistics(mean: torch.Tensor, var: torch.Tensor | None, running_mean: torc
     else:
         mu, sigma2 = _channel(running_mean, mean), _channel(running_var, mean)
     return mu, (sigma2 + eps).rsqrt()
-
-
-def _bn_coefficients(mean: torch.Tensor, var: torch.Tensor | None, *, running_mean: torch.Tensor,
-                     running_var: torch.Tensor, eps: float, batch_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """BN without affine: a = 1/σ, c = (m − μ)/σ."""
-    mu, inv_std = _statistics(mean, var, running_mean, running_var, eps, batch_stats)
-    return inv_std, (mean - mu) * inv_std
 
 
 def _rbn_coefficients(mean: torch.Tensor, var: torch.Tensor | None, center_weight: torch.Tensor,
@@ -293,7 +286,7 @@ class BNET(_RunningStats):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _need_2d("bnet", x)
-        return _depthwise(self._affine(x, _bn_coefficients, self.training), self.weight, self.bias)
+        return _depthwise(self._normalize(x, self.training), self.weight, self.bias)
 
 
 class UnifiedBatchNorm(FeatureCondensationNorm):
