@@ -1,7 +1,9 @@
 """The conformance kit: the checks of METHODS.md, run on any registered norm.
 
 Each norm is checked where it lives, inside a tiny model (a linear or convolutional layer, the
-norm, a ReLU, a classifier head) with its protocol set up and driven like the engine drives it,
+norm, an in-place ReLU as timm's and torchvision's models have, a classifier head) with its
+protocol set up and driven like the engine drives it; a norm whose output cannot be modified in
+place (a view returned by a custom autograd Function, for one) fails its training checks,
 so norms that need data-dependent set-up, extra batches or steps after the optimizer are
 checked too. Use it from the command line (``harness check-norm NAME``) or in a plugin's tests::
 
@@ -70,10 +72,11 @@ class Bench:
             return layer
 
         if self.dim == "1d":
-            self.net = nn.Sequential(nn.Linear(shape[1], FEATURES), norm_layer(FEATURES), nn.ReLU(),
+            self.net = nn.Sequential(nn.Linear(shape[1], FEATURES), norm_layer(FEATURES), nn.ReLU(inplace=True),
                                      nn.Linear(FEATURES, CLASSES))
         else:
-            self.net = nn.Sequential(nn.Conv2d(shape[1], FEATURES, 3, padding=1), norm_layer(FEATURES), nn.ReLU(),
+            self.net = nn.Sequential(nn.Conv2d(shape[1], FEATURES, 3, padding=1), norm_layer(FEATURES),
+                                     nn.ReLU(inplace=True),
                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(FEATURES, CLASSES))
         splits = Splits(train=TensorDataset(x, y), test=TensorDataset(x, y), unlabeled=TensorDataset(u))
         self.protocol = self.norm.make_protocol(**self.params) or NormProtocol()
@@ -257,3 +260,66 @@ def conformance_tests(*names: str, params: dict[str, Any] | None = None) -> Call
         assert result.ok, f"{norm} ({dim}) fails '{check}': {result.detail}"
 
     return test
+
+
+# -- op census: what a training step dispatches -------------------------------------------------
+#: Ops that copy a device value to the host: each one stalls a GPU's queue (``.item()``,
+#: ``float(t)``, ``int(t)``, ``bool(t)`` and Python branches on a tensor's value all end in them).
+SYNC_OPS = ("aten::_local_scalar_dense", "aten::item")
+#: Ops that only make views or allocate (besides every op whose schema says it returns a view).
+FREE_OPS = ("aten::detach", "aten::_unsafe_view", "aten::empty", "aten::empty_strided", "aten::empty_like",
+            "aten::alias", "aten::lift_fresh", "aten::set_", "aten::resize_")
+
+
+@dataclass
+class Census:
+    """ATen ops dispatched while a function ran (forward and backward alike).
+
+    ``ops``: ops that compute (on a GPU in eager mode, kernels launched); ``free``: views and
+    allocations, which launch nothing (:data:`FREE_OPS`); ``large``: computing ops that read or
+    write a tensor of at least the census's ``large`` elements (the memory passes a GPU pays for);
+    ``syncs``: device-to-host copies (:data:`SYNC_OPS`); ``float64``: ops that produced a float64
+    tensor; ``names``: count per op name.
+    """
+
+    ops: int = 0
+    free: int = 0
+    large: int = 0
+    syncs: int = 0
+    float64: int = 0
+    names: dict[str, int] = field(default_factory=dict)
+    sync_names: list[str] = field(default_factory=list)
+    float64_names: list[str] = field(default_factory=list)
+
+
+def census(fn: Callable[[], Any], large: int = 1 << 14) -> tuple[Any, Census]:
+    """Run ``fn()`` under a dispatch mode that counts every ATen op it dispatches, on any device."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    found = Census()
+
+    class Counting(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            name = func.overloadpacket._qualified_op_name if hasattr(func, "overloadpacket") else str(func)
+            found.names[name] = found.names.get(name, 0) + 1
+            if getattr(func, "is_view", False) or name in FREE_OPS:
+                found.free += 1
+                return out
+            found.ops += 1
+            if name in SYNC_OPS:
+                found.syncs += 1
+                found.sync_names.append(name)
+            outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+            if any(t.dtype == torch.float64 for t in outputs):
+                found.float64 += 1
+                found.float64_names.append(name)
+            tensors = outputs + [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            if any(t.numel() >= large for t in tensors):
+                found.large += 1
+            return out
+
+    with Counting():
+        result = fn()
+    return result, found

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -58,6 +59,25 @@ class EvalUpdatesStats(nn.BatchNorm1d):
         return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, True, 0.1)
 
 
+class _ViewOfOutput(torch.autograd.Function):
+    """Returns its output as a view, as the first fused per-sample affine did."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return (x * 2).view(x.shape)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return grad * 2
+
+
+class ReturnsAView(nn.BatchNorm1d):
+    """Correct values, but an output that an in-place activation after it cannot modify."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ViewOfOutput.apply(super().forward(x))
+
+
 def failures(make: type, **extra: object) -> set[str]:
     norm = Norm(name="probe", make=make, dims={"1d"}, **extra)
     return {r.check for r in check_norm(norm) if not r.ok}
@@ -101,3 +121,15 @@ def test_check_norm_command(tmp_path: Path) -> None:
     assert all("FAIL" not in line for line in plugin.stdout.splitlines() if "│ 1d" in line)
     unknown = run_cli("check-norm", "nonorm", cwd=tmp_path)
     assert unknown.returncode == 2 and "unknown norm 'nonorm'" in unknown.stderr
+
+
+def test_the_kit_catches_an_output_that_an_in_place_activation_cannot_modify() -> None:
+    """The kit's model puts the norm in front of nn.ReLU(inplace=True), as timm's and torchvision's
+    ResNets do: a norm whose custom autograd Function returns a view fails its training checks."""
+    with pytest.raises(RuntimeError, match="is a view and is being modified inplace"):
+        nn.Sequential(ReturnsAView(4), nn.ReLU(inplace=True))(torch.randn(6, 4)).sum().backward()
+    found = failures(ReturnsAView)
+    assert {"gradients reach every parameter", "train/eval"} <= found
+    details = [r.detail for r in check_norm(Norm(name="probe", make=ReturnsAView, dims={"1d"})) if not r.ok]
+    assert any("modified inplace" in d for d in details)
+    assert failures(nn.BatchNorm1d) == set(), "the same norm without the view passes"

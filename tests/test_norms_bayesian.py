@@ -28,7 +28,15 @@ from harness_plugins.norms import harness_register_norms as register_baselines
 from harness_plugins.norms.baselines import BatchNorm
 from harness_plugins.norms.bayesian import harness_register_norms
 from harness_plugins.norms.bayesian.layers import AnalyticNorm, BayesianScale, BNNoise, WeightNorm
-from harness_plugins.norms.bayesian.moments import UnsupportedOpError, leaky_relu_moments, relu_moments
+from harness_plugins.norms.bayesian.moments import (
+    Moments,
+    UnsupportedOpError,
+    clark_max_moments,
+    dataset_moments,
+    leaky_relu_moments,
+    max_pool_moments,
+    relu_moments,
+)
 from harness_plugins.norms.bayesian.protocols import MonteCarlo, Projection
 from harness_plugins.tasks.toy import ToyConfig
 from harness_plugins.tasks.toy.task import ToyTask
@@ -244,6 +252,117 @@ def test_analytic_statistics_match_monte_carlo() -> None:
     assert_close(normed.var((0, 2, 3)), net[1].weight.detach().square(), rtol=0.05, atol=0)
 
 
+def _clark_by_hand(mu1: float, var1: float, mu2: float, var2: float) -> tuple[float, float]:
+    """METHODS.md's rule for max(X1, X2), written out with the math module."""
+    theta = math.sqrt(var1 + var2)
+    alpha = (mu1 - mu2) / theta
+    cdf = 0.5 * (1 + math.erf(alpha / math.sqrt(2)))
+    pdf = math.exp(-alpha * alpha / 2) / math.sqrt(2 * math.pi)
+    first = mu1 * cdf + mu2 * (1 - cdf) + theta * pdf
+    second = (mu1**2 + var1) * cdf + (mu2**2 + var2) * (1 - cdf) + (mu1 + mu2) * theta * pdf
+    return first, second - first**2
+
+
+@pytest.mark.parametrize(("mu1", "var1", "mu2", "var2"), [(0.0, 1.0, 0.0, 1.0), (1.2, 0.5, -0.3, 2.0),
+                                                          (-1.0, 0.1, 2.0, 0.3), (0.5, 4.0, 0.4, 0.01)])
+def test_clark_max_of_two_gaussians_is_the_formula_and_matches_sampling(mu1: float, var1: float, mu2: float,
+                                                                        var2: float) -> None:
+    t = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
+    got = clark_max_moments(Moments(t(mu1), t(var1)), Moments(t(mu2), t(var2)))
+    mean, var = _clark_by_hand(mu1, var1, mu2, var2)
+    assert_close(got.mean, t(mean))
+    assert_close(got.var, t(var))
+    g = torch.Generator().manual_seed(1)
+    x1 = torch.randn(400_000, generator=g, dtype=torch.float64) * math.sqrt(var1) + mu1
+    x2 = torch.randn(400_000, generator=g, dtype=torch.float64) * math.sqrt(var2) + mu2
+    sampled = torch.maximum(x1, x2)  # exact for two: Clark's first two moments are the true ones
+    scale = math.sqrt(var1 + var2)
+    assert_close(got.mean, sampled.mean().view(1), atol=0.01 * scale, rtol=0)
+    assert_close(got.var, sampled.var().view(1), atol=0.01 * scale**2, rtol=0.02)
+
+
+@pytest.mark.parametrize("window", [2, 4, 9])
+def test_max_pool_moments_pair_the_running_maximum_with_each_next_input(window: int) -> None:
+    """By hand: the running maximum, taken as Gaussian, paired with the next input; then against
+    the sampled maximum of ``window`` independent Gaussians (Clark's pairing is an approximation
+    beyond two: loose tolerances)."""
+    mean, var = torch.tensor([0.3, -1.0, 2.0]), torch.tensor([1.0, 0.25, 3.0])
+    got = max_pool_moments(Moments(mean, var), window)
+    for c in range(3):
+        m, v = mean[c].item(), var[c].item()
+        for _ in range(window - 1):
+            m, v = _clark_by_hand(m, v, mean[c].item(), var[c].item())
+        assert got.mean[c].item() == pytest.approx(m, rel=1e-5, abs=1e-6)
+        assert got.var[c].item() == pytest.approx(v, rel=1e-4, abs=1e-6)
+    g = torch.Generator().manual_seed(2)
+    samples = torch.randn(200_000, window, 3, generator=g) * var.sqrt() + mean
+    sampled = samples.max(dim=1).values
+    std = var.sqrt()
+    assert_close(got.mean / std, sampled.mean(0) / std, atol=0.05, rtol=0)
+    assert_close(got.var / var, sampled.var(0) / var, atol=0.15, rtol=0)
+
+
+def test_analytic_propagation_passes_max_pool_modules_and_functions() -> None:
+    class Functional(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.max_pool2d(x, kernel_size=(2, 3), stride=1)
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), AnalyticNorm(3), nn.ReLU(inplace=True),
+                        nn.MaxPool2d(3, stride=2, padding=1), nn.Conv2d(3, 3, 1), AnalyticNorm(3), Functional(),
+                        nn.Conv2d(3, 4, 1), AnalyticNorm(4))
+    NORMS["analytic_norm"].make_protocol().setup(_ctx(net, _inputs(8, 2, 8, 8)))
+    after_relu = relu_moments(torch.zeros(3), torch.ones(3))  # the first norm standardizes, affine at init
+    pooled = max_pool_moments(after_relu, 9)
+    w = net[4].weight.detach()
+    expected = Moments(w.sum((2, 3)) @ pooled.mean + net[4].bias.detach(), w.square().sum((2, 3)) @ pooled.var)
+    assert_close(net[5].stats.mean.detach(), expected.mean)
+    assert_close(net[5].stats.var.detach(), expected.var)
+    pooled = max_pool_moments(Moments(torch.zeros(3), torch.ones(3)), 6)
+    w = net[7].weight.detach()
+    assert_close(net[8].stats.var.detach(), w.square().sum((2, 3)) @ pooled.var)
+    net.train()
+    net(_inputs(4, 2, 8, 8)).sum().backward()  # gradients flow through the max-pool rule too
+    assert net[0].weight.grad is not None and torch.isfinite(net[0].weight.grad).all()
+
+
+def test_analytic_propagation_passes_spatial_slicing_and_channel_padding() -> None:
+    """The option-A shortcut of CIFAR ResNets: x[:, :, ::2, ::2] keeps the moments, the channels
+    padded on are constants (mean 0, variance 0); indexing that mixes channels is refused."""
+
+    class Shortcut(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 1, 2))
+
+    class Picks(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :2]
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), AnalyticNorm(3), Shortcut(), nn.Conv2d(6, 2, 1),
+                        AnalyticNorm(2))
+    NORMS["analytic_norm"].make_protocol().setup(_ctx(net, _inputs(8, 2, 8, 8)))
+    w = net[3].weight.detach()
+    padded = Moments(torch.tensor([0.0, 0, 0, 0, 0, 0]), torch.tensor([0.0, 1, 1, 1, 0, 0]))
+    assert_close(net[4].stats.mean.detach(), w.sum((2, 3)) @ padded.mean + net[3].bias.detach())
+    assert_close(net[4].stats.var.detach(), w.square().sum((2, 3)) @ padded.var)
+    bad = nn.Sequential(nn.Conv2d(2, 3, 3), AnalyticNorm(3), Picks())
+    with pytest.raises(UnsupportedOpError, match="keeps channels apart"):
+        NORMS["analytic_norm"].make_protocol().setup(_ctx(bad, _inputs(8, 2, 6, 6)))
+
+
+def test_dataset_moments_are_float32_and_stable() -> None:
+    """Chan's combination of per-batch moments in float32: a large offset costs no precision."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1000, 2, 3, 3, generator=g, dtype=torch.float64) * torch.tensor([0.01, 2.0]).view(1, 2, 1, 1) \
+        + torch.tensor([1000.0, -3.0], dtype=torch.float64).view(1, 2, 1, 1)
+    got = dataset_moments(TensorDataset(x.float(), torch.zeros(1000)), batch_size=64)
+    assert got.mean.dtype == torch.float32 and got.var.dtype == torch.float32
+    exact = x.float().double()
+    assert_close(got.mean.double(), exact.mean((0, 2, 3)), rtol=1e-6, atol=0)
+    assert_close(got.var.double(), exact.var((0, 2, 3), correction=0), rtol=1e-3, atol=0)
+
+
 def test_analytic_gradients_flow_through_the_statistics() -> None:
     """The normalized output is invariant to the scale of each filter feeding it only if
     gradients flow through μ̂ and σ̂: then every filter's gradient is orthogonal to it. Eval
@@ -284,9 +403,10 @@ def test_analytic_traces_residuals_and_names_unsupported_ops() -> None:
     NORMS["analytic_norm"].make_protocol().setup(_ctx(net, _inputs(8, 2, 6, 6)))
     for norm in (net[1], net[3].norm, net[7]):
         assert torch.isfinite(norm.stats.var).all() and (norm.stats.var > 0).all()
-    bad = nn.Sequential(nn.Conv2d(2, 3, 3), AnalyticNorm(3), nn.MaxPool2d(2))
-    with pytest.raises(UnsupportedOpError, match="MaxPool2d"):
+    bad = nn.Sequential(nn.Conv2d(2, 3, 3), AnalyticNorm(3), nn.Sigmoid())
+    with pytest.raises(UnsupportedOpError, match="module '2' of type Sigmoid") as refused:
         NORMS["analytic_norm"].make_protocol().setup(_ctx(bad, _inputs(8, 2, 6, 6)))
+    assert "Sigmoid has no moment rule" in str(refused.value) and "supported:" in str(refused.value)
 
 
 # -- BN-like noise -------------------------------------------------------------------------------

@@ -215,7 +215,8 @@ def test_per_iteration_latch_follows_the_threshold_batch_by_batch(cls: type[Feat
     for batch in [_spread(1), _alike(10), _alike(20), _alike(30), _spread(2), _spread(3)]:
         before = layer.running_mean.clone()
         layer(batch)
-        moved.append((layer.batch_stats, float(layer.tau) > 0.5, not torch.equal(before, layer.running_mean)))
+        # after the warm-up the decision is a device tensor (read here, in the test, not by the layer)
+        moved.append((bool(layer.batch_stats), float(layer.tau) > 0.5, not torch.equal(before, layer.running_mean)))
     assert [m[0] for m in moved] == [m[1] for m in moved], "the decision is τ̄ > fct after each update"
     assert all(m[0] == m[2] for m in moved), "running statistics move exactly when batch statistics are used"
     assert {m[0] for m in moved} == {True, False}, "this sequence crosses the threshold both ways"
@@ -423,7 +424,9 @@ def test_a_digits_suite_with_unified_bn_runs_through_the_cli(tmp_path: Path) -> 
     nll = {name: float(r["metric.nll"]) for name, r in rows.items()}
     assert math.isfinite(nll["unified_bn"])
     # the engine latches through the protocol: above the threshold bn_fct is BN, below it is not
-    assert nll["always-condensed"] == pytest.approx(nll["batchnorm"], abs=1e-6)
+    # (after the warm-up epoch bn_fct's decision is a device tensor and it computes BN through the
+    # per-sample moments, not torch's kernel: the same function up to float32 rounding)
+    assert nll["always-condensed"] == pytest.approx(nll["batchnorm"], abs=1e-5)
     assert nll["never-condensed"] != pytest.approx(nll["batchnorm"], abs=1e-4)
 
 

@@ -3,13 +3,13 @@ running statistics, so that training and inference normalize alike."""
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from harness_plugins.norms.baselines import BatchNorm
-from harness_plugins.norms.ops import batch_moments, moment_norm
+from harness_plugins.norms.ops import batch_channel_moments
 
 from .common import check_batch
 
@@ -25,6 +25,10 @@ class BatchRenorm(BatchNorm):
     ``d_max`` over the first ``warmup_steps`` training steps; the step count is
     ``num_batches_tracked``, a buffer, so it survives checkpoints. r and d use the running
     statistics from before this step's update, which then follows BN's (unbiased running_var).
+
+    One ``F.batch_norm`` call: (x̂·r + d)·γ + β is BN with weight γ·r and bias β + γ·d. r and d
+    come from a detached ``torch.var_mean`` of the batch and are computed on the device, limits
+    included: the training step never synchronises with the host.
     """
 
     def __init__(self, num_features: int, r_max: float = 3.0, d_max: float = 5.0, warmup_steps: int = 1000,
@@ -37,10 +41,10 @@ class BatchRenorm(BatchNorm):
         self.d_max = d_max
         self.warmup_steps = warmup_steps
 
-    def limits(self) -> tuple[float, float]:
-        """(r_max, d_max) at the current step."""
-        step = int(self.num_batches_tracked)
-        ramp = min(step / self.warmup_steps, 1.0) if self.warmup_steps else 1.0
+    def limits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r_max, d_max) at the current step, as 0-dim tensors on the layer's device."""
+        step = self.num_batches_tracked.to(self.running_var.dtype)
+        ramp = (step / self.warmup_steps).clamp(max=1.0) if self.warmup_steps else torch.ones_like(step)
         return 1.0 + (self.r_max - 1.0) * ramp, self.d_max * ramp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,26 +52,14 @@ class BatchRenorm(BatchNorm):
             return super().forward(x)
         check_batch(x, "batch_renorm")
         r_max, d_max = self.limits()
+        with torch.no_grad():  # r and d: constants, from the running statistics before this step's update
+            mean, var = batch_channel_moments(x.detach())
+            sigma = (self.running_var + self.eps).sqrt()
+            r = ((var + self.eps).sqrt() / sigma).clamp(r_max.reciprocal(), r_max).to(self.running_var.dtype)
+            d = ((mean - self.running_mean) / sigma).clamp(-d_max, d_max).to(self.running_var.dtype)
         self.num_batches_tracked.add_(1)
-        # The correction reads the running statistics from before this step's update: passed as
-        # copies, since the backward recomputes the coefficients after the update.
-        return moment_norm(x, partial(_coefficients, r_max=r_max, d_max=d_max), self.weight, self.bias,
-                           self.running_mean.clone(), self.running_var.clone(), batch_stats=True,
-                           running_mean=self.running_mean, running_var=self.running_var, momentum=self.momentum,
-                           eps=self.eps)
-
-
-def _coefficients(mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                  prior_mean: torch.Tensor, prior_var: torch.Tensor, *, r_max: float, d_max: float, eps: float,
-                  **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """((x − μ_B)/σ_B·r + d)·γ + β as a·(x − m) + c; gradients through μ_B, σ_B, none through r
-    and d."""
-    batch_mean, batch_var = batch_moments(mean, var)
-    shape = batch_mean.shape
-    inv_std = (batch_var + eps).rsqrt()
-    with torch.no_grad():
-        sigma = (prior_var.view(shape) + eps).sqrt()
-        r = (sigma * inv_std).reciprocal().clamp(1.0 / r_max, r_max)
-        d = ((batch_mean - prior_mean.view(shape)) / sigma).clamp(-d_max, d_max)
-    a = inv_std * r * weight.view(shape)
-    return a, bias.view(shape) + weight.view(shape) * d + (mean - batch_mean) * a
+        if self.weight is None:
+            weight, bias = r, d
+        else:
+            weight, bias = self.weight * r, torch.addcmul(self.bias, self.weight, d)
+        return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, True, self.momentum, self.eps)

@@ -61,7 +61,7 @@ def _coefficients(mean_in: torch.Tensor, var_in: torch.Tensor, mean_weight: torc
     if batch_stats:
         mean_bn, var_bn = batch_moments(mean_in, var_in)
     else:
-        mean_bn, var_bn = running_mean.view(1, -1, 1, 1), running_var.view(1, -1, 1, 1)
+        mean_bn, var_bn = (t.view(1, -1, 1, 1).to(mean_in.dtype) for t in (running_mean, running_var))
     wm, wv = mean_weight.softmax(0), var_weight.softmax(0)
     mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
     var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn

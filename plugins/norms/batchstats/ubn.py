@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from harness.protocol import NormProtocol, TrialContext
 from harness_plugins.norms.baselines import BatchNorm
-from harness_plugins.norms.ops import batch_moments, moment_norm
+from harness_plugins.norms.ops import batch_channel_moments
 
 from .common import check_batch
 
@@ -48,24 +49,20 @@ class UnsupervisedBatchNorm(BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.stats_grad == "full":
             return super().forward(x)
-        check_batch(x, "unsupervised_bn")
+        count = check_batch(x, "unsupervised_bn")
         self.num_batches_tracked.add_(1)
-        return moment_norm(x, _detached_coefficients, self.weight, self.bias, batch_stats=True,
-                           running_mean=self.running_mean, running_var=self.running_var, momentum=self.momentum,
-                           eps=self.eps)
+        # BN in eval mode with this batch's statistics as its (constant) statistics: torch's kernel,
+        # no gradient through them; the running statistics then move as BN's do.
+        with torch.no_grad():
+            mean, var = batch_channel_moments(x.detach())
+        y = F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_((var * (count / (count - 1))).to(self.running_var.dtype), self.momentum)
+        return y
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, stats_grad={self.stats_grad}"
-
-
-def _detached_coefficients(mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
-                           running_mean: torch.Tensor, running_var: torch.Tensor, eps: float,
-                           batch_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """BN with the batch statistics as constants: a = γ/σ_B, c = β + a·(m − μ_B), μ_B and σ_B
-    detached (m, the sample's own mean, stays: it only centres the computation)."""
-    batch_mean, batch_var = (t.detach() for t in batch_moments(mean, var))
-    a = (batch_var + eps).rsqrt() * weight.view(batch_mean.shape)
-    return a, bias.view(batch_mean.shape) + (mean - batch_mean) * a
 
 
 class UnlabeledStream:

@@ -121,10 +121,19 @@ class AnalyticNorm(_Affine):
         if self.stats is None:
             return x
         mean, var = self.stats
-        return (x - _per_channel(mean, x)) * _per_channel((var + self.eps).rsqrt(), x)
+        scale = (var + self.eps).rsqrt()
+        return torch.addcmul(_per_channel(-mean * scale, x), x, _per_channel(scale, x)).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.affine(self.standardize(x))
+        _check_input(x, "analytic_norm")
+        if self.stats is None:
+            return self.affine(x)
+        mean, var = self.stats  # (x − μ̂)/σ̂·s + b as one x·a + c pass
+        a = (var + self.eps).rsqrt()
+        c = -mean * a
+        if self.weight is not None:
+            a, c = a * self.weight, torch.addcmul(self.bias, c, self.weight)
+        return torch.addcmul(_per_channel(c, x), x, _per_channel(a, x)).to(x.dtype)
 
     def propagate(self, x: Moments) -> Moments:
         """Bind μ̂, σ̂² = the input moments; the standardized output has mean 0 and variance 1."""

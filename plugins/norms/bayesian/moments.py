@@ -9,7 +9,12 @@ independent across channels, taps and positions.
 - ReLU, with a = μ/σ: E = μΦ(a) + σφ(a), E[y²] = (μ² + σ²)Φ(a) + μσφ(a);
 - leaky ReLU of slope α: E = αμ + (1−α)E_relu, Var = α²σ² + (1−α)²Var_relu + 2α(1−α)σ²Φ(a);
 - average pooling over K inputs: mean unchanged, variance v/K;
-- residual sum: means and variances add.
+- max pooling over a window of K inputs: Clark's (1961) moment matching of the maximum of two
+  independent Gaussians, applied pairwise over the window (:func:`max_pool_moments`); padding
+  is ignored (every window is taken as K inputs of the channel's moments);
+- residual sum: means and variances add;
+- spatial slicing x[:, :, ::s, ::s] keeps the moments; constant channels padded on (F.pad, as
+  CIFAR ResNets' option-A shortcut) have mean ``value`` and variance 0.
 
 A norm layer that knows its own moment map has a ``propagate(moments) -> moments`` method; the
 analytic norm binds its statistics there. Any other operation is refused with an error that
@@ -36,7 +41,9 @@ __all__ = [
     "UnsupportedOpError",
     "dataset_moments",
     "leaky_relu_moments",
+    "clark_max_moments",
     "linear_moments",
+    "max_pool_moments",
     "relu_moments",
 ]
 
@@ -79,6 +86,29 @@ def leaky_relu_moments(mean: torch.Tensor, var: torch.Tensor, slope: float) -> M
     )
 
 
+def clark_max_moments(first: Moments, second: Moments) -> Moments:
+    """Mean and variance of max(X1, X2) for independent X1 ~ N(μ1, σ1²), X2 ~ N(μ2, σ2²) (Clark,
+    1961): θ = √(σ1² + σ2²), α = (μ1 − μ2)/θ, E = μ1Φ(α) + μ2Φ(−α) + θφ(α),
+    E[y²] = (μ1² + σ1²)Φ(α) + (μ2² + σ2²)Φ(−α) + (μ1 + μ2)θφ(α). **[R]**"""
+    (mu1, var1), (mu2, var2) = first, second
+    theta = (var1 + var2).clamp_min(_TINY).sqrt()
+    alpha = (mu1 - mu2) / theta
+    cdf = 0.5 * (1 + torch.erf(alpha / math.sqrt(2)))
+    pdf = torch.exp(-0.5 * alpha * alpha) / math.sqrt(2 * math.pi)
+    mean = mu1 * cdf + mu2 * (1 - cdf) + theta * pdf
+    second_moment = (mu1 * mu1 + var1) * cdf + (mu2 * mu2 + var2) * (1 - cdf) + (mu1 + mu2) * theta * pdf
+    return Moments(mean, (second_moment - mean * mean).clamp_min(0))
+
+
+def max_pool_moments(x: Moments, window: int) -> Moments:
+    """Max over a window of ``window`` independent inputs with the moments x: Clark's rule
+    applied pairwise, the running maximum (taken as Gaussian) paired with the next input. **[R]**"""
+    result = x
+    for _ in range(window - 1):
+        result = clark_max_moments(result, x)
+    return result
+
+
 def linear_moments(weight: torch.Tensor, bias: torch.Tensor | None, x: Moments, groups: int = 1) -> Moments:
     """A conv or linear layer: μ′ = ΣWμ + b, v′ = ΣW²v over input channels and taps. **[R]**"""
     out_channels = weight.shape[0]
@@ -91,19 +121,30 @@ def linear_moments(weight: torch.Tensor, bias: torch.Tensor | None, x: Moments, 
 
 
 def dataset_moments(dataset: Dataset, batch_size: int = 512) -> Moments:
-    """Per-channel mean and (population) variance of a dataset's inputs, over samples and positions."""
-    total = total_sq = None
+    """Per-channel mean and (population) variance of a dataset's inputs, over samples and positions.
+
+    float32 throughout, numerically stable: each batch's mean and variance by ``torch.var_mean``
+    (centred on the batch's own mean), merged with Chan et al.'s parallel combination
+    (M2 = M2_a + M2_b + δ²·n_a·n_b/n), so no sum of squares of raw values is ever formed.
+    """
+    mean = m2 = None
     count = 0
     for batch in DataLoader(dataset, batch_size=batch_size):
-        x = (batch[0] if isinstance(batch, (tuple, list)) else batch).double()
+        x = (batch[0] if isinstance(batch, (tuple, list)) else batch).float()
         dims = [0, *range(2, x.dim())]
-        total = x.sum(dims) if total is None else total + x.sum(dims)
-        total_sq = x.square().sum(dims) if total_sq is None else total_sq + x.square().sum(dims)
-        count += x.numel() // x.shape[1]
-    if total is None or total_sq is None:
+        var_b, mean_b = torch.var_mean(x, dims, correction=0)
+        n_b = x.numel() // x.shape[1]
+        if mean is None or m2 is None:
+            mean, m2 = mean_b, var_b * n_b
+        else:
+            total = count + n_b
+            delta = mean_b - mean
+            mean = mean + delta * (n_b / total)
+            m2 = m2 + var_b * n_b + delta.square() * (count * n_b / total)
+        count += n_b
+    if mean is None or m2 is None:
         raise ValueError("the training set is empty: no input statistics to propagate")
-    mean = total / count
-    return Moments(mean.float(), (total_sq / count - mean.square()).clamp_min(0).float())
+    return Moments(mean, (m2 / count).clamp_min(0))
 
 
 class _Tracer(fx.Tracer):
@@ -115,8 +156,10 @@ class _Tracer(fx.Tracer):
 
 _RELU = {F.relu, torch.relu, torch.relu_}
 _ADD = {operator.add, operator.iadd, torch.add}
-_SUPPORTED = ("conv/linear, the norm layers, ReLU/LeakyReLU, avg/adaptive-avg pooling, spatial mean, "
-              "flatten/view/reshape, dropout/identity, residual add and scalar add/multiply")
+_MAX_POOL = {F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.max_pool1d, torch.max_pool2d, torch.max_pool3d}
+_SUPPORTED = ("conv/linear, the norm layers, ReLU/LeakyReLU, avg/adaptive-avg/max pooling, spatial mean, "
+              "spatial slicing, channel padding, flatten/view/reshape, dropout/identity, residual add and "
+              "scalar add/multiply")
 
 
 class MomentPropagator:
@@ -138,9 +181,10 @@ class MomentPropagator:
         self.net = net
         was_training = net.training
         net.eval()
+        device = next((p.device for p in net.parameters()), example.device)
         try:
             with torch.no_grad():
-                ShapeProp(fx.GraphModule(net, self.graph)).propagate(example)
+                ShapeProp(fx.GraphModule(net, self.graph)).propagate(example.to(device))
         finally:
             net.train(was_training)
 
@@ -195,11 +239,17 @@ class MomentPropagator:
             return _pooled(x, _kernel_size(m.kernel_size, len(_shape(node)) - 2))
         if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
             return _pooled(x, _spatial(node.args[0]) / _spatial(node))
+        if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
+            if m.return_indices:
+                raise _unsupported(node, f"module {type(m).__name__} ('{node.target}') with return_indices=True",
+                                   "its indices are not activations")
+            return max_pool_moments(x, _kernel_size(m.kernel_size, len(_shape(node)) - 2))
         if isinstance(m, nn.Flatten):
             return self._reshaped(node, x)
         if isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)):
             return x
-        raise _unsupported(node, f"module {type(m).__name__} ('{node.target}')")
+        raise _unsupported(node, f"module '{node.target}' of type {type(m).__name__}",
+                           f"{type(m).__name__} has no moment rule")
 
     def _function(self, node: fx.Node, fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         if fn in _RELU:
@@ -222,6 +272,15 @@ class MomentPropagator:
             return _pooled(args[0], _kernel_size(size, len(_shape(node)) - 2))
         if fn in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d):
             return _pooled(args[0], _spatial(node.args[0]) / _spatial(node))
+        if fn is operator.getitem and isinstance(args[0], Moments):
+            return _sliced(node, args[0], args[1])
+        if fn is F.pad:
+            return _padded(node, args[0], args[1] if len(args) > 1 else kwargs["pad"],
+                           args[2] if len(args) > 2 else kwargs.get("mode", "constant"),
+                           args[3] if len(args) > 3 else kwargs.get("value", None))
+        if fn in _MAX_POOL and not kwargs.get("return_indices", False):
+            size = args[1] if len(args) > 1 else kwargs["kernel_size"]
+            return max_pool_moments(args[0], _kernel_size(size, len(_shape(node)) - 2))
         raise _unsupported(node, f"function {getattr(fn, '__name__', fn)}")
 
     def _method(self, node: fx.Node, name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
@@ -285,6 +344,32 @@ def _standardized(weight: torch.Tensor | None, bias: torch.Tensor | None, x: Mom
     return Moments(mean, ones if weight is None else weight.square())
 
 
+def _sliced(node: fx.Node, x: Moments, index: Any) -> Moments:
+    """x[:, :, a:b:s, ...]: spatial slicing and subsampling keep every channel's moments."""
+    index = index if isinstance(index, tuple) else (index,)
+    full = slice(None)
+    if len(index) >= 2 and index[0] == full and index[1] == full and \
+            all(isinstance(i, slice) or i is Ellipsis for i in index[2:]):
+        return x
+    raise _unsupported(node, f"indexing {index}", "only spatial slicing x[:, :, ...] keeps channels apart")
+
+
+def _padded(node: fx.Node, x: Moments, pad: Sequence[int], mode: str, value: float | None) -> Moments:
+    """F.pad: constant channels added on either side (mean ``value``, variance 0); spatial padding
+    is ignored, as a convolution's zero padding is."""
+    dims = len(_shape(node)) - 2  # spatial dims; pad pairs run from the last dim backwards
+    if len(pad) > 2 * (dims + 1):
+        raise _unsupported(node, "a pad of the batch dimension", "samples would be added")
+    before, after = (tuple(pad[2 * dims:2 * dims + 2]) + (0, 0))[:2]
+    if before == after == 0:
+        return x
+    if mode != "constant":
+        raise _unsupported(node, f"a {mode!r} pad of the channels", "only constant channels have known moments")
+    fill = float(value or 0.0)
+    mean = F.pad(x.mean, (before, after), value=fill)
+    return Moments(mean, F.pad(x.var, (before, after)))
+
+
 def _pooled(x: Moments, count: float) -> Moments:
     return Moments(x.mean, x.var / count)
 
@@ -305,8 +390,8 @@ def _scaled(node: fx.Node, a: Any, b: Any) -> Moments:
     return Moments(x.mean * c, x.var * (c * c))
 
 
-def _unsupported(node: fx.Node, what: str) -> UnsupportedOpError:
+def _unsupported(node: fx.Node, what: str, why: str = "it has no moment rule") -> UnsupportedOpError:
     return UnsupportedOpError(
-        f"analytic normalization cannot propagate moments through {what} (graph node '{node.name}'); "
-        f"supported: {_SUPPORTED}"
+        f"analytic normalization cannot propagate moments through {what} (graph node '{node.name}'): "
+        f"{why}; supported: {_SUPPORTED}"
     )

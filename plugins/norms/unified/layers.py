@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from harness.protocol import NormProtocol, modules_of
 from harness_plugins.norms.baselines import BatchNorm
-from harness_plugins.norms.ops import Coefficients, batch_moments, moment_norm
+from harness_plugins.norms.ops import Coefficients, batch_moments, moment_norm, select
 
 __all__ = [
     "BNET",
@@ -96,8 +96,8 @@ class _RunningStats(nn.Module):
         return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, batch_stats, self.momentum,
                             self.eps)
 
-    def _affine(self, x: torch.Tensor, coefficients: Coefficients, batch_stats: bool, *params: torch.Tensor,
-                tracked: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    def _affine(self, x: torch.Tensor, coefficients: Coefficients, batch_stats: bool | torch.Tensor,
+                *params: torch.Tensor, tracked: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """:func:`moment_norm` with this layer's running statistics, momentum and eps."""
         return moment_norm(x, coefficients, *params, batch_stats=batch_stats, running_mean=self.running_mean,
                            running_var=self.running_var, momentum=self.momentum, eps=self.eps, tracked=tracked)
@@ -107,20 +107,23 @@ class _RunningStats(nn.Module):
 
 
 def _statistics(mean: torch.Tensor, var: torch.Tensor | None, running_mean: torch.Tensor,
-                running_var: torch.Tensor, eps: float, batch_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                running_var: torch.Tensor, eps: float,
+                batch_stats: bool | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel (μ, 1/√(σ² + eps)), each 1×C×1…: the batch's, from per-sample moments, or the
-    running ones."""
-    if batch_stats:
-        mu, sigma2 = batch_moments(mean, var)
+    running ones (chosen on the device when ``batch_stats`` is a tensor)."""
+    running = _channel(running_mean, mean).to(mean.dtype), _channel(running_var, mean).to(mean.dtype)
+    if batch_stats is False:
+        mu, sigma2 = running
     else:
-        mu, sigma2 = _channel(running_mean, mean), _channel(running_var, mean)
+        batch = batch_moments(mean, var)
+        mu, sigma2 = (select(batch_stats, b, r) for b, r in zip(batch, running, strict=True))
     return mu, (sigma2 + eps).rsqrt()
 
 
 def _rbn_coefficients(mean: torch.Tensor, var: torch.Tensor | None, center_weight: torch.Tensor,
                       scale_weight: torch.Tensor, scale_bias: torch.Tensor, *affine: torch.Tensor,
                       running_mean: torch.Tensor, running_var: torch.Tensor, eps: float,
-                      batch_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                      batch_stats: bool | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """RBN's centering and scaling calibration around BN (``affine``: γ, β, or none for UBN).
 
     With m the per-sample mean of x: x′ = x + w_m·m has per-sample mean (1 + w_m)·m and the
@@ -141,10 +144,19 @@ def _rbn_coefficients(mean: torch.Tensor, var: torch.Tensor | None, center_weigh
 def _iebn_coefficients(mean: torch.Tensor, var: torch.Tensor | None, gate_weight: torch.Tensor,
                        gate_bias: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
                        running_mean: torch.Tensor, running_var: torch.Tensor, eps: float,
-                       batch_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                       batch_stats: bool | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """IEBN: a = γ·sigmoid(w_r·GAP(x) + b_r)/σ, c = β + a·(m − μ)."""
     mu, inv_std = _statistics(mean, var, running_mean, running_var, eps, batch_stats)
     a = torch.sigmoid(_channel(gate_weight, mean) * mean + _channel(gate_bias, mean)) * _channel(weight, mean) * inv_std
+    return a, _channel(bias, mean) + a * (mean - mu)
+
+
+def _bn_coefficients(mean: torch.Tensor, var: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, *,
+                     running_mean: torch.Tensor, running_var: torch.Tensor, eps: float,
+                     batch_stats: bool | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BN with batch or running statistics: a = γ/σ, c = β + a·(m − μ)."""
+    mu, inv_std = _statistics(mean, var, running_mean, running_var, eps, batch_stats)
+    a = _channel(weight, mean) * inv_std
     return a, _channel(bias, mean) + a * (mean - mu)
 
 
@@ -180,6 +192,10 @@ class FeatureCondensationNorm(_RunningStats):
     would not normalize at all. A batch of one has no pairs: it leaves τ̄ unchanged. Eval mode
     uses the running statistics.
 
+    After the warm-up the decision is a 0-dim bool tensor on the layer's device (τ̄ > fct), never
+    read by the host: the training step applies it with ``torch.where`` and syncs nothing. During
+    the warm-up it is the Python ``True``, and the layer takes torch's BN path.
+
     β = 0.1, momentum = 0.1 and one warm-up epoch are rebuilt choices (METHODS.md [R]), exposed
     as ``beta``, ``momentum`` and ``warmup_epochs``. τ̄ is a buffer (saved with the model); the
     latched decision is not: the protocol latches it again at the start of every epoch, a resumed
@@ -201,17 +217,33 @@ class FeatureCondensationNorm(_RunningStats):
         self.warmup_epochs = warmup_epochs
         self.register_buffer("tau", torch.zeros((), **factory))
         self.register_buffer("tau_steps", torch.zeros((), dtype=torch.long, device=factory.get("device")))
+        # The latched decision after the warm-up, on the layer's device (moved by .to() as buffers
+        # are) and not saved: the protocol latches again at every epoch start.
+        self.register_buffer("condensed", torch.ones((), dtype=torch.bool, device=factory.get("device")),
+                             persistent=False)
         self.latch_epoch(0)
+
+    @property
+    def batch_stats(self) -> bool | torch.Tensor:
+        """The latched choice: ``True`` during the warm-up, else a 0-dim bool tensor (τ̄ > fct)."""
+        return True if self.epoch < self.warmup_epochs else self.condensed
 
     def latch_epoch(self, epoch: int) -> None:
         """Fix the statistics for training epoch ``epoch`` (from 0) from the current τ̄."""
         self.epoch = epoch
-        self.batch_stats = self._condensed()
+        self._latch()
 
-    def _condensed(self) -> bool:
-        return self.epoch < self.warmup_epochs or float(self.tau) > self.fct
+    def _latch(self) -> bool | torch.Tensor:
+        """The decision from the current τ̄, kept in ``condensed``; a fresh tensor is returned, which
+        later in-place updates (of τ̄, of ``condensed``) leave alone."""
+        if self.epoch < self.warmup_epochs:
+            return True
+        with torch.no_grad():
+            decision = self.tau > self.fct
+            self.condensed.copy_(decision)
+        return decision
 
-    def _choose_stats(self, x: torch.Tensor) -> bool:
+    def _choose_stats(self, x: torch.Tensor) -> bool | torch.Tensor:
         """In training: fold this batch into τ̄ and say whether to use batch statistics."""
         if not self.training:
             return False
@@ -221,7 +253,7 @@ class FeatureCondensationNorm(_RunningStats):
                 self.tau.copy_(torch.where(self.tau_steps > 0, torch.lerp(self.tau, s, self.beta), s))
                 self.tau_steps.add_(1)
         if self.latch == "iteration":
-            self.batch_stats = self._condensed()
+            return self._latch()
         return self.batch_stats
 
     def extra_repr(self) -> str:
@@ -240,7 +272,10 @@ class BatchNormFCT(FeatureCondensationNorm):
         self.bias = nn.Parameter(torch.zeros(num_features, **factory))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._normalize(x, self._choose_stats(x), self.weight, self.bias)
+        batch_stats = self._choose_stats(x)
+        if isinstance(batch_stats, bool):
+            return self._normalize(x, batch_stats, self.weight, self.bias)
+        return self._affine(x, _bn_coefficients, batch_stats, self.weight, self.bias)
 
 
 class RepresentativeBatchNorm(_RunningStats):
@@ -343,12 +378,14 @@ class CondensationLatch(NormProtocol):
     and reports whether the rule ever chose running statistics."""
 
     def __init__(self) -> None:
-        self.running_layer_epochs = 0
+        self.running_layer_epochs: int | torch.Tensor = 0  # a device tensor once a decision is one
 
     def before_train_epoch(self, net: nn.Module, epoch: int) -> None:
         for layer in modules_of(net, FeatureCondensationNorm):
             layer.latch_epoch(epoch)
-            self.running_layer_epochs += not layer.batch_stats
+            chosen = layer.batch_stats
+            self.running_layer_epochs = self.running_layer_epochs + (
+                (not chosen) if isinstance(chosen, bool) else (~chosen).long())  # counted on the device
 
     def metrics(self, net: nn.Module) -> dict[str, float]:
         """The final τ̄ averaged over layers, and the layer-epochs trained on running statistics
