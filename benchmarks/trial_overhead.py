@@ -57,14 +57,15 @@ class Measured:
         return self.samples / self.train_seconds
 
 
-def seed_everything(seed: int) -> None:
-    """What ``mmengine.runner.set_random_seed(seed, deterministic=True)`` does, in plain torch."""
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """What the harness does before a trial (``[task] deterministic``, default false), in plain
+    torch: the seeds, and either deterministic kernels or cuDNN autotuning."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.use_deterministic_algorithms(deterministic)
 
 
 def evaluate(task: ToyTask, model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
@@ -80,7 +81,7 @@ def evaluate(task: ToyTask, model: torch.nn.Module, loader: DataLoader) -> dict[
 def plain_trial(config: ToyConfig, norm: Norm, seed: int, data_root: Path) -> Measured:
     """The work of :func:`harness.engine.run_trial` (constant schedule, SGD) as a bare loop."""
     start = time.perf_counter()
-    seed_everything(seed)
+    seed_everything(seed, config.deterministic)
     task = ToyTask(config, data_root, seed)
     splits = task.datasets()
     model = task.model(norm.layer())
@@ -97,13 +98,14 @@ def plain_trial(config: ToyConfig, norm: Norm, seed: int, data_root: Path) -> Me
     for epoch in range(config.epochs):
         epoch_start = time.perf_counter()
         model.train()
-        loss_sum = 0.0
+        losses = []
         for inputs, targets in train_loader:
             loss = task.loss(model(inputs), targets)
             loss.backward()  # mmengine's OptimWrapper.update_params: backward, step, zero_grad
             optimizer.step()
             optimizer.zero_grad()
-            loss_sum += loss.item()  # the harness reads every loss (non-finite check, loss curve)
+            losses.append(loss.detach())  # the harness reads the losses every 50 iterations and at the epoch's end
+        sum(torch.stack(losses).tolist())  # (non-finite check, loss curve)
         train_seconds += time.perf_counter() - epoch_start
         if (epoch + 1) % config.val_interval == 0:
             evaluate(task, model, val_loader)

@@ -75,6 +75,7 @@ class Board:
     variants: dict[str, list[Row]]
     trials: list[dict[str, Any]]
     env: dict[str, str]
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> engine options
 
     @property
     def complete(self) -> bool:
@@ -85,7 +86,9 @@ def build(suite: Suite, plans: list[StudyPlan], book: TrialBook) -> Board:
     variants: dict[str, list[Row]] = {}
     tidy: list[dict[str, Any]] = []
     env: dict[str, str] = {}
+    settings: dict[str, dict[str, Any]] = {}
     for plan in plans:
+        settings.setdefault(plan.variant.label, plan.variant.config.engine_options())
         row = Row(norm=plan.norm.label, norm_use=plan.norm.norm.name, params=plan.norm.params,
                   values={}, metrics={}, costs={})
         by_seed = _final_trials(book.trials(plan), plan.seeds)
@@ -118,7 +121,7 @@ def build(suite: Suite, plans: list[StudyPlan], book: TrialBook) -> Board:
             for row in rows:
                 if row is not baseline:
                     row.vs_baseline = compare(row.values, baseline.values)
-    return Board(suite=suite, variants=variants, trials=tidy, env=env)
+    return Board(suite=suite, variants=variants, trials=tidy, env=env, settings=settings)
 
 
 def _final_trials(trials: Any, seeds: tuple[int, ...]) -> dict[int, FrozenTrial]:
@@ -234,6 +237,8 @@ def markdown(board: Board) -> str:
         oracle = sorted({m for r in rows for m in r.oracle})
         others = sorted({m for r in rows for m in r.metrics} - {s.metric} - set(oracle))
         lines += [f"## {label}", ""]
+        if label in board.settings:
+            lines += ["Engine: " + ", ".join(f"{k} {_option(v)}" for k, v in board.settings[label].items()), ""]
         header = ["rank", "norm", f"{s.metric}", "n", "Δ baseline [95% CI]", *others,
                   "train s", "samples/s", "peak MB", "params", "failed"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -268,6 +273,10 @@ def markdown(board: Board) -> str:
     if board.env:
         lines += ["Environment: " + ", ".join(f"{k} {v}" for k, v in sorted(board.env.items())), ""]
     return "\n".join(lines)
+
+
+def _option(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _delta(row: Row) -> str:
@@ -305,6 +314,7 @@ def as_json(board: Board) -> str:
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {"harness": __version__, "optuna": optuna.__version__, "pydantic": pydantic.__version__},
         "environment": board.env,
+        "settings": board.settings,
         "complete": board.complete,
         "variants": {
             label: [

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .norm import DIMS, resolve
 
@@ -57,11 +57,37 @@ class TaskConfig(BaseModel):
     schedule: ScheduleConfig = ScheduleConfig()
     val_interval: int = Field(1, ge=1, description="evaluate on the validation split every N epochs")
     checkpoint_interval: int = Field(1, ge=1, description="save a resumable checkpoint every N epochs")
-    amp: bool = Field(False, description="mixed precision on CUDA (mmengine's AmpOptimWrapper); ignored on CPU")
+    amp: bool | Literal["bf16", "fp16"] = Field(
+        False, description='mixed precision on CUDA (mmengine\'s AmpOptimWrapper): "bf16", "fp16" (true is '
+        '"fp16", with a dynamic loss scale; bf16 needs none); ignored on CPU')
     channels_last: bool = Field(False, description="channels-last memory format for 4-d inputs and the model")
+    compile: bool = Field(False, strict=True, description="torch.compile the model (the network, not the norm's "
+                          "protocol code)")
+    deterministic: bool = Field(False, strict=True, description="deterministic kernels (torch.use_deterministic_"
+                                "algorithms, cuDNN deterministic, cuBLAS workspace); false: cudnn.benchmark, as "
+                                "timm and mmdet train")
     num_workers: int = Field(0, ge=0, description="data-loading worker processes")
     devices: int = Field(1, ge=1, description="processes per trial, one per GPU, started with torchrun "
                          "(DDP; gloo on CPU); batch_size is per device")
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_values(cls, value: Any) -> Any:
+        if isinstance(value, bool) or value in ("bf16", "fp16"):
+            return value
+        raise ValueError('amp must be true, false, "bf16" or "fp16"')
+
+    @property
+    def amp_dtype(self) -> str | None:
+        """The autocast dtype ``amp`` asks for: ``"bfloat16"``, ``"float16"`` (``amp = true``) or None."""
+        return {"bf16": "bfloat16", "fp16": "float16", True: "float16"}.get(self.amp)
+
+    def engine_options(self) -> dict[str, Any]:
+        """The options that change how (not what) every norm trains, as the leaderboard records
+        them next to the results: determinism, mixed precision, compilation, memory format."""
+        return {"deterministic": self.deterministic,
+                "amp": {"bfloat16": "bf16", "float16": "fp16"}.get(self.amp_dtype or "", "off"),
+                "compile": self.compile, "channels_last": self.channels_last, "devices": self.devices}
 
     def norm_dims(self) -> frozenset[str]:
         """The input layouts the model puts a norm on ("1d" N×C, "2d" N×C×H×W)."""
@@ -142,11 +168,20 @@ class TaskImpl(Protocol):
 
     def loss(self, outputs: Any, targets: Any) -> Any: ...
 
-    def batch_stats(self, outputs: Any, targets: Any) -> Mapping[str, float]:
-        """Additive sufficient statistics of one evaluation batch (sums and counts)."""
+    def batch_stats(self, outputs: Any, targets: Any) -> Mapping[str, Any]:
+        """Additive sufficient statistics of one evaluation batch (sums and counts): floats, or
+        0-d tensors left on the device (no wait for the GPU per batch; the harness moves all
+        batches' tensors to the host at once and hands :meth:`reduce` Python numbers)."""
 
     def reduce(self, stats: Sequence[Mapping[str, float]]) -> Mapping[str, float]:
         """Metrics from the statistics of all evaluation batches."""
+
+    def example_batch(self, size: int, generator: Any) -> tuple[Any, Any]:
+        """Optional: ``(inputs, targets)`` of ``size`` samples in the configuration's real input
+        shape (random inputs drawn from the ``torch.Generator``, valid targets), made without
+        reading the data set; after it, :meth:`model` needs no data either. The pre-flight check
+        (:mod:`harness.preflight`) trains one step of every (model, norm) pair on such batches
+        before anything is stored; a task without it is checked on samples of its real data."""
 
 
 __all__ = ["DIMS", "OptimizerConfig", "ScheduleConfig", "Splits", "Task", "TaskConfig", "TaskImpl"]

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from harness import Splits
+from harness.protocol import InputDataset
 
 from . import ToyConfig
 from .digits import CLASSES as DIGIT_CLASSES
@@ -74,39 +75,35 @@ class ToyTask:
             nn.Linear(2 * c, DIGIT_CLASSES),
         )
 
+    def example_batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``size`` random inputs (spiral points, or 8×8 digit images in [0, 1]) and class labels."""
+        if self.config.dataset == "spiral":
+            inputs = torch.rand(size, 2, generator=generator) * 12 - 6  # the playground's [-6, 6]² square
+            return inputs, torch.randint(self.config.classes, (size,), generator=generator)
+        inputs = torch.rand(size, 1, 8, 8, generator=generator)
+        return inputs, torch.randint(DIGIT_CLASSES, (size,), generator=generator)
+
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs, targets)
 
-    def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        """Sums, so that metrics over the whole split do not depend on how it was batched."""
+    def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor | float]:
+        """Sums, so that metrics over the whole split do not depend on how it was batched. They
+        stay on the device (no wait for it per batch); the harness moves them all at the end."""
         logits = outputs.detach().float()
         return {
-            "correct": float((logits.argmax(dim=1) == targets).sum().item()),
-            "nll_sum": F.nll_loss(F.log_softmax(logits, dim=1), targets, reduction="sum").item(),
+            "correct": (logits.argmax(dim=1) == targets).sum(),
+            "nll_sum": F.nll_loss(F.log_softmax(logits, dim=1), targets, reduction="sum"),
             "count": float(targets.numel()),
         }
 
-    def reduce(self, stats: Sequence[Mapping[str, float]]) -> dict[str, float]:
-        count = sum(s["count"] for s in stats)
+    def reduce(self, stats: Sequence[Mapping[str, torch.Tensor | float]]) -> dict[str, float]:
+        count = sum(float(s["count"]) for s in stats)
         if not count:
             raise ValueError("no evaluation samples to reduce")
         return {
-            "accuracy": sum(s["correct"] for s in stats) / count,
-            "nll": sum(s["nll_sum"] for s in stats) / count,
+            "accuracy": sum(float(s["correct"]) for s in stats) / count,
+            "nll": sum(float(s["nll_sum"]) for s in stats) / count,
         }
-
-
-class InputDataset(Dataset):
-    """Inputs without targets (the unlabeled split): item ``i`` is the tensor ``inputs[i]``."""
-
-    def __init__(self, inputs: torch.Tensor) -> None:
-        self.inputs = inputs
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.inputs[index]
 
 
 def _tensor_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
