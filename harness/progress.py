@@ -57,6 +57,11 @@ class RunProgress:
                     f"[red]failed[/red] {plan.variant.label} · {plan.norm.label} · seed {info['seed']}: "
                     f"{outcome.kind}: {outcome.reason}"
                 )
+        elif kind == "device" and info["device"] != "cpu":
+            task = next(t for t in self.progress.tasks if t.id == self.trial_bar)
+            self.progress.update(self.trial_bar, description=f"{task.description} · {info['device']}", note="")
+        elif kind == "gpu-wait":
+            self.progress.update(self.trial_bar, note=f"waiting for {info['devices']} free GPU(s)")
         elif kind == "waiting":
             self.progress.update(self.trial_bar, visible=True, description="  waiting for other workers",
                                  note=f"{info['in_flight']} trial(s) in flight")

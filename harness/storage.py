@@ -152,6 +152,9 @@ class TrialBook:
             self.storage.set_trial_user_attr(claim.trial._trial_id, key, item)
         claim.study.tell(claim.trial.number, value)
 
+    def set_attr(self, claim: Claim, key: str, value: Any) -> None:
+        self.storage.set_trial_user_attr(claim.trial._trial_id, key, value)
+
     def fail(self, claim: Claim, kind: str, reason: str, attrs: dict[str, Any] | None = None) -> None:
         for key, item in (attrs or {}).items():
             self.storage.set_trial_user_attr(claim.trial._trial_id, key, item)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -60,6 +61,16 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: f
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env=full_env, text=True,
                           capture_output=True, timeout=timeout)
+
+
+def assert_every_trial_complete(work: Path, name: str, planned: int | None = None) -> None:
+    """Every planned trial of the suite ``name`` run under ``work`` is in its leaderboard, complete
+    (``planned`` of them, where given): a run's exit code alone does not prove that no trial failed."""
+    board = json.loads((work / "leaderboard" / f"{name}.json").read_text())
+    states = [(t["variant"], t["norm"], t["seed"], t["state"], t.get("fail_reason", "")) for t in board["trials"]]
+    assert states and all(s[3] == "complete" for s in states), states
+    assert planned is None or len(states) == planned, states
+    assert board["complete"], "some trials have not finished"
 
 
 def write_suite(directory: Path, body: str = "", *, name: str = "tiny", seeds: str = "[0, 1]",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import run_cli, write_suite
+from conftest import assert_every_trial_complete, run_cli, write_suite
 
 
 def test_a_two_process_trial_evaluates_the_whole_test_set(tmp_path: Path) -> None:
@@ -19,6 +19,7 @@ def test_a_two_process_trial_evaluates_the_whole_test_set(tmp_path: Path) -> Non
     work.mkdir()
     result = run_cli("run", str(suite), "--quiet", cwd=work, timeout=600)
     assert result.returncode == 0, result.stderr
+    assert_every_trial_complete(work, "ddp", 1)
     board = json.loads((work / "leaderboard" / "ddp.json").read_text())
     (trial,) = board["trials"]
     assert trial["state"] == "complete", trial

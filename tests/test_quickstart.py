@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, assert_every_trial_complete, run_cli
 
 
 @pytest.mark.slow
 def test_quickstart_runs_every_baseline_on_both_datasets(tmp_path: Path) -> None:
     result = run_cli("run", str(REPO / "suites" / "quickstart.toml"), cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr
+    assert_every_trial_complete(tmp_path, "quickstart", (2 * 5 - 1) * 3)  # no instancenorm on spiral
     board = json.loads((tmp_path / "leaderboard" / "quickstart.json").read_text())
     assert board["complete"]
     assert {r["norm"] for r in board["variants"]["digits"]} == {"batchnorm", "groupnorm", "layernorm",

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from conftest import run_cli, write_suite
+from conftest import assert_every_trial_complete, run_cli, write_suite
 
 
 def slow_suite(directory: Path) -> Path:
@@ -32,9 +32,16 @@ def trials(work: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     return found
 
 
+def _default_sigint() -> None:
+    # A command started in the background by a non-interactive shell (`pytest ... &`) inherits
+    # SIGINT ignored, and so would the harness and its trials: Ctrl-C is what is tested here.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_and_stop_mid_trial(suite: Path, work: Path, sig: signal.Signals) -> subprocess.Popen[str]:
     process = subprocess.Popen([sys.executable, "-m", "harness", "run", str(suite), "--quiet"], cwd=work, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                               preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     while not list((work / "runs").rglob("epoch_2.pth")):  # mid-trial, with a checkpoint to resume from
         assert process.poll() is None, process.communicate()
@@ -60,6 +67,7 @@ def test_kill_9_then_run_again_finishes_what_was_missing(tmp_path: Path) -> None
     again = run_cli("run", str(suite), cwd=work)
     assert again.returncode == 0, again.stderr
     assert_every_seed_completed_once(work, "slow")
+    assert_every_trial_complete(work, "slow", 2)
     dead = [t for t in trials(work, "slow") if t.state == TrialState.FAIL]
     assert [t.user_attrs["fail_kind"] for t in dead] == ["worker-died"]
     resumed = [t for t in trials(work, "slow") if t.user_attrs.get("resume")]
@@ -77,8 +85,10 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(tmp_path: Path) -> None:
     assert [t.user_attrs["fail_kind"] for t in interrupted] == ["interrupted"]
     assert not [t for t in trials(work, "slow") if t.state == TrialState.RUNNING]
 
-    assert run_cli("run", str(suite), "--quiet", cwd=work).returncode == 0
+    again = run_cli("run", str(suite), "--quiet", cwd=work)
+    assert again.returncode == 0, again.stderr
     assert_every_seed_completed_once(work, "slow")
+    assert_every_trial_complete(work, "slow", 2)
 
 
 def test_two_workers_share_the_work_without_duplicates(tmp_path: Path) -> None:
@@ -89,6 +99,7 @@ def test_two_workers_share_the_work_without_duplicates(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     done = [t for t in trials(work, "shared") if t.state == TrialState.COMPLETE]
     assert len(done) == 9
+    assert_every_trial_complete(work, "shared", 9)
     per_study = Counter((t.user_attrs["seed"], t.user_attrs["worker"].split(":")[0]) for t in done)
     assert len(per_study) <= 9
     assert (work / "runs" / "worker-1.log").is_file()

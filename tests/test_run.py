@@ -11,18 +11,21 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import SCALED_BN, run_cli, write_suite
+from conftest import SCALED_BN, assert_every_trial_complete, run_cli, write_suite
 
 NAN_NORM = '''
 import torch
 from harness import Norm, hookimpl
 
 class NanNorm(torch.nn.Module):
-    """Poisons its input: the loss becomes NaN at the first step."""
+    """Poisons its input from the third training step on: the pre-flight check's one step passes,
+    the trial diverges."""
     def __init__(self, num_features, **kwargs):
         super().__init__()
+        self.steps = 0
     def forward(self, x):
-        return x * float("nan")
+        self.steps += self.training
+        return x * float("nan") if self.steps > 2 else x
 
 @hookimpl
 def harness_register_norms(register):
@@ -52,7 +55,8 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 def test_run_writes_a_leaderboard_with_every_norm(finished: dict) -> None:
     first, work = finished["first"], finished["work"]
-    assert first.returncode == 0, first.stderr + first.stdout
+    assert first.returncode == 1, first.stderr + first.stdout  # nan_norm's trials failed, the leaderboard is there
+    assert "2 trial(s) failed" in first.stderr and "--retry-failed" in first.stderr
     md = (work / "leaderboard" / "tiny.md").read_text()
     for norm in ("batchnorm", "groupnorm", "scaled_bn", "nan_norm"):
         assert f"`{norm}`" in md
@@ -92,7 +96,8 @@ def test_running_again_trains_nothing(finished: dict) -> None:
     storage = f"sqlite:///{work / 'runs' / 'tiny' / 'storage.db'}"
     before = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
     again = run_cli("run", str(suite), cwd=work)
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 1, again.stderr  # the failed trials stay failed
+    assert "2 trial(s) failed" in again.stderr
     assert "8 of 8 trials already in storage" in again.stderr
     after = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
     assert after == before
@@ -125,7 +130,20 @@ def test_runs_repeat_to_the_last_digit(finished: dict, tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
     results = []
     for out in ("a", "b"):
-        assert run_cli("run", str(suite), "--quiet", cwd=tmp_path / out).returncode == 0
+        result = run_cli("run", str(suite), "--quiet", cwd=tmp_path / out)
+        assert result.returncode == 0, result.stderr
+        assert_every_trial_complete(tmp_path / out, "again", 4)
         with open(tmp_path / out / "leaderboard" / "again.csv") as f:
             results.append([(r["norm"], r["seed"], r["metric.accuracy"], r["metric.nll"]) for r in csv.DictReader(f)])
     assert results[0] == results[1]
+
+
+def test_a_smoke_run_with_a_failed_trial_exits_1_after_its_leaderboard(tmp_path: Path) -> None:
+    (tmp_path / "nan_norm.py").write_text(NAN_NORM)
+    suite = write_suite(tmp_path, name="nan", header='plugins = ["nan_norm.py"]\n', norms=("batchnorm", "nan_norm"))
+    result = run_cli("run", str(suite), "--smoke", "--quiet", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "1 trial(s) failed" in result.stderr and "--smoke --retry-failed" in result.stderr
+    trials = json.loads((tmp_path / "leaderboard" / "nan-smoke.json").read_text())["trials"]
+    assert sorted((t["norm"], t["state"], t["fail_kind"]) for t in trials) == [
+        ("batchnorm", "complete", ""), ("nan_norm", "fail", "diverged")]
