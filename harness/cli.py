@@ -41,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     run = suite_command("run", "run a suite's missing trials and write its leaderboard")
-    run.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    run.add_argument("--workers", type=int,
+                     help="worker processes on this machine (default: one per GPU used, 1 without GPUs)")
+    run.add_argument("--gpus", metavar="LIST",
+                     help="the GPUs to use, as indices such as 0,2 (default: every visible GPU; "
+                     "CUDA_VISIBLE_DEVICES is respected)")
     run.add_argument("--threads", type=int, help="torch threads per trial (default: cores / workers)")
     run.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     run.add_argument("--heartbeat", type=int, default=30,
@@ -51,9 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run the suite end to end on tiny generated data (one epoch, one seed) under the "
                      "name SUITE-smoke, to check it before spending real compute")
     run.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     suite_command("status", "show how many trials of a suite are done, running, waiting or failed")
-    sub.add_parser("check", help="validate a suite without training",
-                   description="validate a suite without training").add_argument("suite", type=Path)
+    check = sub.add_parser("check", help="validate a suite without training",
+                           description="validate a suite without training")
+    check.add_argument("suite", type=Path)
+    check.add_argument("--build", action="store_true",
+                       help="also build every (model, norm) pair and train it one step on a tiny random batch "
+                       "on CPU, as `harness run` does before it stores anything")
     suite_command("leaderboard", "write a suite's leaderboard from storage (no training)")
     check_norm = sub.add_parser("check-norm", help="run the conformance kit on a norm",
                                 description="run the conformance checks of METHODS.md on a registered norm")
@@ -143,17 +152,28 @@ def cmd_check(args: argparse.Namespace) -> int:
     if suite.search is not None:
         print(f"  [search] validated ({suite.search.trials} trial(s) per norm); the search itself is not run yet: "
               "final runs use the suite's settings")
+    if args.build:
+        from .preflight import require_buildable
+
+        problems = suite.runtime_problems()
+        if problems:
+            raise UserError(problems)
+        require_buildable(suite, plans, _data_root(suite, Path(".").resolve()), echo=True)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from . import leaderboard
+    from .devices import select_gpus, visible_gpus
     from .plan import make_plan
+    from .preflight import require_buildable
     from .storage import TrialBook, open_storage
     from .worker import WorkerOptions, work
 
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise UserError(_arg_problem("--workers", "must be at least 1"))
+    gpus = select_gpus(args.gpus, visible_gpus())  # counted without starting CUDA in this process
+    args.workers = args.workers or max(1, len(gpus))
     suite = _suite(args.suite)
     out = args.out.resolve()
     if args.smoke:
@@ -162,12 +182,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     data_root = _data_root(suite, out)
     _require_data(suite, data_root)
     plans = make_plan(suite)
+    _require_devices(plans, gpus, suite)
+    if not args.worker_only:  # every (model, norm) pair trains one step on CPU, or the run stops here (exit 2)
+        require_buildable(suite, plans, data_root, echo=not args.quiet)
     url = _storage_url(args, suite)
     book = TrialBook(open_storage(url, heartbeat=args.heartbeat), plans)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     options = WorkerOptions(runs_dir=out / "runs", data_root=data_root, suite_path=args.suite.resolve(),
-                            threads=threads, retry_failed=args.retry_failed, smoke=args.smoke)
-    helpers = [_spawn_worker(args, url, i, threads) for i in range(1, args.workers)]
+                            threads=threads, retry_failed=args.retry_failed, smoke=args.smoke, gpus=gpus,
+                            home=args.worker_index)
+    helpers = [] if args.worker_only else [_spawn_worker(args, url, i, threads) for i in range(1, args.workers)]
     try:
         if args.quiet or args.worker_only:
             work(book, options)
@@ -188,7 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .progress import print_summary
 
         print_summary(board, paths)
-    return 0
+    return _unfinished(board, args)
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -219,7 +243,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         counts.update(t.state.name.lower() for t in book.trials(plan))
         counts["not started"] += len(set(plan.seeds) - seen)
     total = len(plans) * len(suite.seeds)
-    print(f"{suite.name}: {total} planned trial(s); " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    print(f"{suite.name}: {total} planned trial(s); " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if n))
+    for plan in plans:
+        for t in book.trials(plan):
+            if t.state.name == "RUNNING":
+                attrs = t.user_attrs
+                print(f"  running: {plan.variant.label} · {plan.norm.label} · seed {attrs.get('seed')} on "
+                      f"{attrs.get('device', 'a device not yet chosen')} (worker {attrs.get('worker', '?')})")
     return 0
 
 
@@ -297,11 +327,36 @@ def _require_data(suite: Any, data_root: Path) -> None:
         raise UserError(problems)
 
 
+def _require_devices(plans: list[Any], gpus: list[Any], suite: Any) -> None:
+    """A trial with ``devices = N`` needs N of the run's GPUs (without GPUs, N processes on CPU)."""
+    needed = max((p.variant.config.devices for p in plans), default=1)
+    if gpus and needed > len(gpus):
+        raise UserError(_arg_problem("--gpus", f"{suite.path}: [task] devices = {needed}, but this run uses "
+                                     f"{len(gpus)} GPU(s); choose more with --gpus or lower devices"))
+
+
+def _unfinished(board: Any, args: argparse.Namespace) -> int:
+    """Exit code 1, with what to do, when a trial of the suite failed or has not finished."""
+    failed = sum(len(r.failed) for rows in board.variants.values() for r in rows)
+    pending = sum(r.pending for rows in board.variants.values() for r in rows)
+    if not failed and not pending:
+        return 0
+    parts = [f"{failed} trial(s) failed"] if failed else []
+    parts += [f"{pending} did not finish"] if pending else []
+    retry = " ".join(["harness run", str(args.suite), *(["--smoke"] if args.smoke else []), "--retry-failed"])
+    print(f"error: {' and '.join(parts)} (see the leaderboard); `{retry}` runs the failed ones again",
+          file=sys.stderr)
+    return 1
+
+
 def _spawn_worker(args: argparse.Namespace, url: str, index: int, threads: int) -> subprocess.Popen[bytes]:
     log_dir = args.out.resolve() / "runs"
     log_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "harness", "run", str(args.suite), "--worker-only", "--storage", url,
-               "--out", str(args.out), "--threads", str(threads), "--heartbeat", str(args.heartbeat)]
+               "--out", str(args.out), "--threads", str(threads), "--heartbeat", str(args.heartbeat),
+               "--worker-index", str(index)]
+    if args.gpus is not None:
+        command += ["--gpus", args.gpus]
     if args.retry_failed:
         command.append("--retry-failed")
     if args.smoke:

@@ -26,6 +26,19 @@ LABELS = "labels"  # a class label per training sample (class-balanced batches, 
 UNLABELED = "unlabeled"  # a stream of unlabeled inputs beside the labeled training set
 
 
+class InputDataset(Dataset):
+    """Inputs without targets, the item type of an ``unlabeled`` split: item ``i`` is ``inputs[i]``."""
+
+    def __init__(self, inputs: torch.Tensor) -> None:
+        self.inputs = inputs
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.inputs[index]
+
+
 @dataclass
 class TrialContext:
     """What a protocol may read about the trial it runs in."""
