@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +82,16 @@ def write_suite(directory: Path, body: str = "", *, name: str = "tiny", seeds: s
     path = directory / f"{name}.toml"
     path.write_text(text + textwrap.dedent(body))
     return path
+
+
+def channel_varied_input(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Random input with a non-zero mean and a non-unit scale per channel."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    channel = (1, shape[1]) + (1,) * (len(shape) - 2)
+    return torch.randn(shape, generator=g) * (torch.rand(channel, generator=g) * 3 + 0.5) \
+        + torch.randn(channel, generator=g) * 2
 
 
 def randomize_affine(*modules: nn.Module, seed: int = 1) -> None:

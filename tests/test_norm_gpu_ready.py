@@ -20,18 +20,13 @@ from harness_plugins.norms.bayesian.moments import Moments
 from harness_plugins.norms.ops import _Affine, _Moments, moment_affine, sample_moments
 from harness_plugins.norms.unified.layers import BatchNormFCT
 
+from conftest import channel_varied_input
+
 REGISTRY = load_registry()
 NORMS_2D = sorted(n for n, norm in REGISTRY.norms.items() if "2d" in norm.dims)
 #: The norms whose training output is not torch's BN kernel alone.
 MOMENT_NORMS = ["rbn", "iebn", "unified_bn", "bn_fct", "switchable_norm", "batch_renorm", "unsupervised_bn"]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _input(*shape: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    channel = (1, shape[1]) + (1,) * (len(shape) - 2)
-    return torch.randn(shape, generator=g) * (torch.rand(channel, generator=g) * 3 + 0.5) \
-        + torch.randn(channel, generator=g) * 2
 
 
 def _randomize(module: nn.Module, seed: int = 1) -> None:
@@ -68,8 +63,8 @@ def test_a_norm_before_an_in_place_relu_trains_as_before_an_out_of_place_one(nam
     layer = _layer(name)
     _after_warmup(layer, epoch)
     twin = copy.deepcopy(layer)
-    x = _input(5, 6, 4, 5, seed=3).contiguous(memory_format=fmt)
-    g = _input(5, 6, 4, 5, seed=4)
+    x = channel_varied_input(5, 6, 4, 5, seed=3).contiguous(memory_format=fmt)
+    g = channel_varied_input(5, 6, 4, 5, seed=4)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya = nn.Sequential(layer, nn.ReLU(inplace=True))(xa)
     yb = nn.Sequential(twin, nn.ReLU())(xb)
@@ -90,7 +85,7 @@ def test_channels_last_and_nchw_give_the_same_training_step(name: str) -> None:
     layer = _layer(name)
     _after_warmup(layer, 1)
     twin = copy.deepcopy(layer)
-    x = _input(4, 6, 5, 3, seed=5)
+    x = channel_varied_input(4, 6, 5, 3, seed=5)
     xa = x.clone().requires_grad_()
     xb = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     ya, yb = layer(xa), twin(xb)
@@ -106,7 +101,7 @@ def test_channels_last_and_nchw_give_the_same_training_step(name: str) -> None:
 
 # -- the shared operations: gradients against finite differences -------------------------------
 def test_the_moments_function_gradient_is_exact() -> None:
-    x = _input(3, 2, 3, 4, seed=6).double().requires_grad_()
+    x = channel_varied_input(3, 2, 3, 4, seed=6).double().requires_grad_()
     assert torch.autograd.gradcheck(lambda t: _Moments.apply(t), (x,))
     assert torch.autograd.gradcheck(lambda t: _Moments.apply(t.contiguous(memory_format=torch.channels_last)), (x,))
     mean, var = _Moments.apply(x)
@@ -119,7 +114,7 @@ def test_the_moments_function_gradient_is_exact() -> None:
 def test_the_affine_function_and_both_paths_of_moment_affine_have_exact_gradients(
         a_shape: tuple[int, ...], c_shape: tuple[int, ...]) -> None:
     """_Affine (any layout) and the batch-norm path (contiguous NCHW) of a·(x − mean) + c."""
-    x = _input(3, 2, 3, 4, seed=7).double().requires_grad_()
+    x = channel_varied_input(3, 2, 3, 4, seed=7).double().requires_grad_()
     mean = torch.randn(3, 2, 1, 1, dtype=torch.float64, requires_grad=True)
     a = torch.randn(a_shape, dtype=torch.float64, requires_grad=True)
     c = torch.randn(c_shape, dtype=torch.float64, requires_grad=True)
@@ -132,7 +127,7 @@ def test_the_affine_function_and_both_paths_of_moment_affine_have_exact_gradient
 
 def test_per_sample_moments_feed_gradients_back_through_the_affine() -> None:
     """The composition the norms use: moments, an arbitrary coefficient algebra, the affine."""
-    x = _input(3, 2, 3, 3, seed=8).double().requires_grad_()
+    x = channel_varied_input(3, 2, 3, 3, seed=8).double().requires_grad_()
     w = torch.randn(1, 2, 1, 1, dtype=torch.float64, requires_grad=True)
 
     def run(t: torch.Tensor, w: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
@@ -176,7 +171,7 @@ def test_no_norm_syncs_with_the_host_or_makes_float64_in_a_training_step(model: 
 def test_the_condensation_decision_stays_on_the_device(name: str) -> None:
     layer = _layer(name, 4, latch="iteration")
     _after_warmup(layer, 2)
-    x = _input(6, 4, 3, 3, seed=9).requires_grad_()
+    x = channel_varied_input(6, 4, 3, 3, seed=9).requires_grad_()
     _, found = census(lambda: layer(x).sum().backward())
     assert found.syncs == 0 and isinstance(layer.batch_stats, torch.Tensor)
 
@@ -201,7 +196,7 @@ def test_bn_fct_with_a_device_decision_is_bn_with_batch_or_running_statistics(de
     reference.train(decision)
     layer.train().latch_epoch(0)
     assert isinstance(layer.batch_stats, torch.Tensor)
-    x = _input(*shape, seed=10)
+    x = channel_varied_input(*shape, seed=10)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya, yb = layer(xa), reference(xb)
     (ya * x).sum().backward()
@@ -222,7 +217,7 @@ def test_autocast_keeps_float32_statistics_and_the_input_dtype(name: str, layout
     if name == "analytic_norm":
         layer.stats = Moments(torch.full((4,), 0.5), torch.full((4,), 2.0))
     twin = copy.deepcopy(layer)
-    x = _input(6, 4, 4, 4, seed=11).bfloat16().float().contiguous(memory_format=layout)
+    x = channel_varied_input(6, 4, 4, 4, seed=11).bfloat16().float().contiguous(memory_format=layout)
     reference = twin(x)
     low = x.bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -30,7 +30,7 @@ from harness_plugins.norms.unified.layers import (
     condensation,
 )
 
-from conftest import run_cli
+from conftest import channel_varied_input, run_cli
 
 NAMES = ("bn_fct", "rbn", "bnet", "unified_bn", "iebn")
 C = 5
@@ -38,14 +38,6 @@ EPS = 1e-5
 
 test_conforms = conformance_tests(*NAMES)
 test_conforms_per_iteration = conformance_tests("bn_fct", "unified_bn", params={"latch": "iteration"})
-
-
-def _input(*shape: int, seed: int = 0) -> torch.Tensor:
-    """Random input with a non-zero mean and a non-unit scale per channel."""
-    g = torch.Generator().manual_seed(seed)
-    channel = (1, shape[1]) + (1,) * (len(shape) - 2)
-    return torch.randn(shape, generator=g) * (torch.rand(channel, generator=g) * 3 + 0.5) \
-        + torch.randn(channel, generator=g) * 2
 
 
 def _randomize(layer: nn.Module, seed: int = 1) -> None:
@@ -119,7 +111,7 @@ def test_every_norm_is_registered_with_its_facts() -> None:
 # -- feature condensation ----------------------------------------------------------------------
 @pytest.mark.parametrize("shape", [(7, 3, 4, 4), (9, 6)])
 def test_condensation_is_the_mean_off_diagonal_cosine_similarity(shape: tuple[int, ...]) -> None:
-    x = _input(*shape, seed=3)
+    x = channel_varied_input(*shape, seed=3)
     flat = x.reshape(x.shape[0], -1)
     sims = F.cosine_similarity(flat[:, None, :], flat[None, :, :], dim=-1)
     n = x.shape[0]
@@ -128,7 +120,7 @@ def test_condensation_is_the_mean_off_diagonal_cosine_similarity(shape: tuple[in
 
 
 def test_condensation_of_identical_samples_is_one_and_a_zero_sample_counts_as_dissimilar() -> None:
-    sample = _input(1, 4, 3, 3, seed=4)
+    sample = channel_varied_input(1, 4, 3, 3, seed=4)
     assert_close(condensation(sample.expand(6, -1, -1, -1)), torch.tensor(1.0))
     with_zero = torch.cat([sample, sample, torch.zeros_like(sample)])
     assert_close(condensation(with_zero), torch.tensor(2 / 6))  # one similar pair of three, both orders
@@ -138,7 +130,7 @@ def test_condensation_of_identical_samples_is_one_and_a_zero_sample_counts_as_di
 
 def test_the_running_threshold_starts_at_the_first_batch_and_moves_by_beta() -> None:
     layer = BatchNormFCT(4, beta=0.25).train()
-    a, b = _input(8, 4, 3, 3, seed=5), _input(8, 4, 3, 3, seed=6)
+    a, b = channel_varied_input(8, 4, 3, 3, seed=5), channel_varied_input(8, 4, 3, 3, seed=6)
     layer(a)
     assert_close(layer.tau, condensation(a))
     layer(b)
@@ -159,7 +151,7 @@ def _train_epochs(fct: float, epochs: int) -> tuple[BatchNormFCT, list[dict[str,
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
     layer = net[1]
     protocol = norm.make_protocol(fct=fct)
-    data = TensorDataset(_input(48, 2, 6, 6, seed=7), torch.arange(48) % 3)
+    data = TensorDataset(channel_varied_input(48, 2, 6, 6, seed=7), torch.arange(48) % 3)
     loader = DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
     seen = []
@@ -183,7 +175,7 @@ def test_epoch_zero_uses_batch_statistics_then_a_layer_below_fct_freezes_its_run
     assert [s["stats_moved"] for s in seen[1:]] == [False, False]
     assert seen[2]["tau"] != seen[1]["tau"], "τ̄ keeps following the batches"
     # in training mode the frozen layer normalizes with its running statistics, as eval does
-    x = _input(8, 4, 6, 6, seed=8)
+    x = channel_varied_input(8, 4, 6, 6, seed=8)
     expected = _running_normalize(x, layer.running_mean, layer.running_var) * _c(layer.weight, x) \
         + _c(layer.bias, x)
     assert_close(layer.train()(x), expected)
@@ -196,7 +188,7 @@ def test_a_condensed_layer_keeps_batch_statistics_every_epoch() -> None:
 
 def _alike(seed: int) -> torch.Tensor:
     """A batch of near-identical samples: condensation close to 1."""
-    return _input(1, 3, 4, 4, seed=seed) + 0.01 * _input(8, 3, 4, 4, seed=seed + 1)
+    return channel_varied_input(1, 3, 4, 4, seed=seed) + 0.01 * channel_varied_input(8, 3, 4, 4, seed=seed + 1)
 
 
 def _spread(seed: int) -> torch.Tensor:
@@ -251,7 +243,7 @@ def test_warmup_epochs_set_how_long_batch_statistics_are_forced() -> None:
 def test_rbn_formula(shape: tuple[int, ...]) -> None:
     layer = RepresentativeBatchNorm(C).train()
     _randomize(layer)
-    x = _input(*shape, seed=11)
+    x = channel_varied_input(*shape, seed=11)
     centered = x + _c(layer.center_weight, x) * _gap(x)
     x_hat, mean, var = _batch_normalize(centered)
     gate = torch.sigmoid(_c(layer.scale_weight, x) * _gap(x_hat) + _c(layer.scale_bias, x))
@@ -268,7 +260,7 @@ def test_rbn_formula(shape: tuple[int, ...]) -> None:
 def test_iebn_formula(shape: tuple[int, ...]) -> None:
     layer = InstanceEnhancementBatchNorm(C).train()
     _randomize(layer)
-    x = _input(*shape, seed=12)
+    x = channel_varied_input(*shape, seed=12)
     x_hat, _, _ = _batch_normalize(x)
     gate = torch.sigmoid(_c(layer.gate_weight, x) * _gap(x) + _c(layer.gate_bias, x))
     assert_close(layer(x), x_hat * (_c(layer.weight, x) * gate) + _c(layer.bias, x))
@@ -278,7 +270,7 @@ def test_iebn_formula(shape: tuple[int, ...]) -> None:
 def test_bnet_formula(kernel_size: int) -> None:
     layer = BNET(C, kernel_size=kernel_size).train()
     _randomize(layer)
-    x = _input(6, C, 5, 4, seed=13)
+    x = channel_varied_input(6, C, 5, 4, seed=13)
     x_hat, _, _ = _batch_normalize(x)
     assert_close(layer(x), _depthwise_by_taps(x_hat, layer.weight, layer.bias))
 
@@ -294,7 +286,7 @@ def _unified_expected(layer: UnifiedBatchNorm, x: torch.Tensor, stats: tuple[tor
 def test_unified_bn_formula_with_batch_and_with_running_statistics() -> None:
     layer = UnifiedBatchNorm(C, fct=1.5).train()
     _randomize(layer)
-    x = _input(6, C, 5, 4, seed=14)
+    x = channel_varied_input(6, C, 5, 4, seed=14)
     assert_close(layer(x), _unified_expected(layer, x, None))
     centered = x + _c(layer.center_weight, x) * _gap(x)
     _, mean, var = _batch_normalize(centered)
@@ -302,7 +294,7 @@ def test_unified_bn_formula_with_batch_and_with_running_statistics() -> None:
     assert_close(layer.running_var, 0.9 + 0.1 * var)
     layer.latch_epoch(1)  # τ̄ ≤ 1 < fct: running statistics from now on, untouched
     stats = (layer.running_mean.clone(), layer.running_var.clone())
-    y = _input(6, C, 5, 4, seed=15)
+    y = channel_varied_input(6, C, 5, 4, seed=15)
     assert_close(layer(y), _unified_expected(layer, y, stats))
     assert torch.equal(layer.running_mean, stats[0]) and torch.equal(layer.running_var, stats[1])
     assert_close(layer.eval()(y), _unified_expected(layer, y, stats))
@@ -311,7 +303,7 @@ def test_unified_bn_formula_with_batch_and_with_running_statistics() -> None:
 def test_bn_fct_formula_in_training_and_eval() -> None:
     layer = BatchNormFCT(C, momentum=0.3).train()
     _randomize(layer)
-    x = _input(6, C, 3, 3, seed=16)
+    x = channel_varied_input(6, C, 3, 3, seed=16)
     x_hat, mean, var = _batch_normalize(x)
     assert_close(layer(x), x_hat * _c(layer.weight, x) + _c(layer.bias, x))
     assert_close(layer.running_mean, 0.3 * mean)
@@ -340,7 +332,7 @@ def test_gradients_to_the_input_and_every_parameter_are_exact(cls: type[nn.Modul
     names = [name for name, _ in layer.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_() for p in layer.parameters())
     buffers = {name: b for name, b in layer.named_buffers()}
-    x = _input(*shape, seed=21).double().requires_grad_()
+    x = channel_varied_input(*shape, seed=21).double().requires_grad_()
 
     def run(x: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
         state = {**{k: v.clone() for k, v in buffers.items()}, **dict(zip(names, values, strict=True))}
@@ -360,7 +352,7 @@ def test_gradients_to_the_input_and_every_parameter_are_exact(cls: type[nn.Modul
 def test_a_fresh_layer_is_scaled_batch_norm(name: str, scale: float, shapes: list[tuple[int, ...]]) -> None:
     norm = load_registry().norms[name]
     for shape in shapes:
-        x = _input(*shape, seed=17)
+        x = channel_varied_input(*shape, seed=17)
         layer = norm.layer()(C).train()
         assert_close(layer(x), _batch_normalize(x)[0] * scale)
         assert_close(resolve(norm.reference)(C).train()(x), _batch_normalize(x)[0] * scale)
@@ -370,7 +362,7 @@ def test_a_fresh_layer_is_scaled_batch_norm(name: str, scale: float, shapes: lis
 def test_refusals_are_value_errors_that_say_why() -> None:
     for layer in (BNET(C), UnifiedBatchNorm(C)):
         with pytest.raises(ValueError, match="N×C×H×W"):
-            layer(_input(4, C))
+            layer(channel_varied_input(4, C))
     with pytest.raises(ValueError, match="odd"):
         BNET(C, kernel_size=2)
     with pytest.raises(ValueError, match="latch"):
@@ -448,7 +440,7 @@ def test_latch_protocol_reports_whether_the_rule_engaged() -> None:
 def test_half_precision_input_is_normalized_with_float32_statistics() -> None:
     """Under mixed precision (autocast) a norm sees bfloat16 activations: the statistics and the
     affine are computed in float32 (as torch's BN does) and the output keeps the input's dtype."""
-    x = _input(8, C, 4, 4, seed=22)
+    x = channel_varied_input(8, C, 4, 4, seed=22)
     for name in ("rbn", "iebn", "unified_bn"):
         torch.manual_seed(0)
         layer = load_registry().norms[name].layer()(C).train()
