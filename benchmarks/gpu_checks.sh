@@ -3,6 +3,7 @@
 # for a few minutes: the CUDA tests, both norm-cost modes, the op/sync proxy, the throughput of
 # the harness against a plain GPU loop, and a real `harness run` on GPUs with several workers.
 # Results go to $OUT (default ./gpu-checks). `DEVICE=cpu QUICK=1` dry-runs the script here.
+# The limits add up to under 10 minutes: one command on a lent machine.
 # Runs from an installed harness (pip install of the project's wheel and its dependencies).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,14 +36,14 @@ else
 fi
 [ "$DEVICE" = cuda ] && nvidia-smi -L
 
-check cuda-tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py tests/test_norm_gpu_ready.py \
+check cuda-tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py tests/test_norm_gpu_ready.py \
     tests/test_norms_in_models.py -x
-check norm-ops 60 "$PY" benchmarks/norm_ops.py
-check norm-cost-layer 150 "$PY" benchmarks/norm_cost.py --device "$DEVICE" --mode layer "${cost[@]}"
-check norm-cost-step 200 "$PY" benchmarks/norm_cost.py --device "$DEVICE" --mode step --amp bf16 --channels-last \
+check norm-ops 40 "$PY" benchmarks/norm_ops.py
+check norm-cost-layer 80 "$PY" benchmarks/norm_cost.py --device "$DEVICE" --mode layer "${cost[@]}"
+check norm-cost-step 110 "$PY" benchmarks/norm_cost.py --device "$DEVICE" --mode step --amp bf16 --channels-last \
     "${cost[@]}"
 [ "$DEVICE" = cuda ] && throughput+=(--amp bf16 --channels-last)  # the harness ignores amp on CPU
-check throughput 150 "$PY" benchmarks/classification_throughput.py --device "$DEVICE" "${throughput[@]}"
+check throughput 90 "$PY" benchmarks/classification_throughput.py --device "$DEVICE" "${throughput[@]}"
 
 # The first failure the GPU issue found: a CIFAR suite with several workers on GPUs.
 suite="$OUT/gpu-run.toml"
@@ -69,5 +70,5 @@ use = "batch_renorm"
 [[norm]]
 use = "groupnorm"
 TOML
-check harness-run 240 harness run "$suite" --smoke --quiet --workers 3 --out "$OUT/run"
+check harness-run 120 harness run "$suite" --smoke --quiet --workers 3 --out "$OUT/run"
 exit $status
