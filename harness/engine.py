@@ -532,13 +532,10 @@ def environment(device: str, config: TaskConfig | None = None) -> dict[str, str]
         "threads": str(torch.get_num_threads()),
     }
     if config is not None:
-        on_cuda = device.startswith("cuda")
-        env.update({
-            "deterministic": str(config.deterministic).lower(),
-            "amp": {"bfloat16": "bf16", "float16": "fp16"}.get(config.amp_dtype or "", "off") if on_cuda else "off",
-            "compile": str(config.compile).lower(),
-            "channels_last": str(config.channels_last).lower(),
-        })
+        options = config.engine_options()
+        if not device.startswith("cuda"):
+            options["amp"] = "off"  # ignored on CPU (optim_wrapper)
+        env.update({k: str(v).lower() for k, v in options.items() if k != "devices"})
     if device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name()
         env["gpus"] = str(torch.cuda.device_count())

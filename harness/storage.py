@@ -147,17 +147,17 @@ class TrialBook:
         states = (TrialState.WAITING, TrialState.RUNNING)
         return sum(len(self.study(p).get_trials(deepcopy=False, states=states)) for p in self.plans)
 
-    def complete(self, claim: Claim, value: float, attrs: dict[str, Any]) -> None:
-        for key, item in attrs.items():
-            self.storage.set_trial_user_attr(claim.trial._trial_id, key, item)
-        claim.study.tell(claim.trial.number, value)
-
     def set_attr(self, claim: Claim, key: str, value: Any) -> None:
         self.storage.set_trial_user_attr(claim.trial._trial_id, key, value)
 
+    def complete(self, claim: Claim, value: float, attrs: dict[str, Any]) -> None:
+        for key, item in attrs.items():
+            self.set_attr(claim, key, item)
+        claim.study.tell(claim.trial.number, value)
+
     def fail(self, claim: Claim, kind: str, reason: str, attrs: dict[str, Any] | None = None) -> None:
         for key, item in (attrs or {}).items():
-            self.storage.set_trial_user_attr(claim.trial._trial_id, key, item)
+            self.set_attr(claim, key, item)
         self._finish(claim.trial._trial_id, kind, reason)
 
     def _finish(self, trial_id: int, kind: str, reason: str) -> None:

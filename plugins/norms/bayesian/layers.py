@@ -116,14 +116,6 @@ class AnalyticNorm(_Affine):
         super().__init__(num_features, affine, eps, kwargs)
         self.stats: Moments | None = None  # recomputed from the parameters, never saved
 
-    def standardize(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, "analytic_norm")
-        if self.stats is None:
-            return x
-        mean, var = self.stats
-        scale = (var + self.eps).rsqrt()
-        return torch.addcmul(_per_channel(-mean * scale, x), x, _per_channel(scale, x)).to(x.dtype)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, "analytic_norm")
         if self.stats is None:
