@@ -17,6 +17,7 @@ quickstart: setup
 	$(VENV)/bin/harness run suites/quickstart.toml
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest
 
 test-slow: setup

@@ -38,8 +38,9 @@ from trial_overhead import quiet_trial, seed_everything
 from harness.norm import Norm
 from harness.plugins import load_registry
 from harness.task import OptimizerConfig, Task
+from harness_plugins.common.files import atomic_directory
 from harness_plugins.tasks.classification import ClassificationConfig
-from harness_plugins.tasks.classification.formats import atomic_directory, write_cifar
+from harness_plugins.tasks.classification.formats import write_cifar
 from harness_plugins.tasks.classification.task import ClassificationTask
 
 NORM = "batchnorm"

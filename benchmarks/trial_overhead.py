@@ -138,8 +138,8 @@ def quiet_trial(task: Task, config: Any, norm: Norm, seed: int, threads: int, wo
                 data_root: Path) -> TrialResult:
     """One :func:`run_trial` in this process, its Runner's console output in a log file (shown
     only if the trial fails)."""
-    request = TrialRequest(task=task, config=config, norm=norm, norm_params={}, seed=seed, work_dir=work_dir,
-                           data_root=data_root, threads=threads)
+    request = TrialRequest(task=task, config=config, norm=norm, norm_config=norm.config(), seed=seed,
+                           work_dir=work_dir, data_root=data_root, threads=threads)
     work_dir.mkdir(parents=True)
     log = work_dir / "console.log"
     try:

@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="a local plugin file to load first")
     listing = sub.add_parser("list", help="list the registered norms or tasks")
     listing.add_argument("kind", choices=["norms", "tasks"])
+    listing.add_argument("name", nargs="?", help="one norm or task: the keys a suite may set for it, with their "
+                         "types, defaults, bounds, search ranges and help")
     sub.add_parser("plugins", help="every plugin: name, version, source, hooks, load errors")
     return parser
 
@@ -105,6 +107,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     registry = _registry()
+    if args.name:
+        return _list_keys(registry, args.kind, args.name)
     table = Table(box=None, pad_edge=False)
     table.add_column(args.kind[:-1], style="bold")
     table.add_column("summary")
@@ -118,6 +122,41 @@ def cmd_list(args: argparse.Namespace) -> int:
             table.add_row(name, task.summary, ", ".join(f"{m} ({d})" for m, d in task.metrics.items()))
     Console().print(table)
     _warn_failed(registry)
+    return 0
+
+
+def _list_keys(registry: Any, kind: str, name: str) -> int:
+    """The keys of one norm's ``[[norm]]`` entry or one task's ``[task]`` table: its config model."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .errors import did_you_mean
+    from .norm import Search
+
+    known = registry.norms if kind == "norms" else registry.tasks
+    if name not in known:
+        raise UserError(_arg_problem("NAME", f"unknown {kind[:-1]} {name!r}{did_you_mean(name, known)}; "
+                                     f"available: {', '.join(sorted(known))}"))
+    model = known[name].config
+    space = model.search_space() if kind == "norms" else {}
+    section = "[[norm]]" if kind == "norms" else "[task]"
+    table = Table(title=escape(f"{kind[:-1]} {name!r}: the keys of its {section} entry"), title_justify="left")
+    for column in ("key", "type", "default", "bounds", "search", "help"):
+        table.add_column(column)
+    for key, info in model.model_fields.items():
+        found = space.get(key)
+        search = (f"{found.low}..{found.high}" + (" log" if found.log else "") if isinstance(found, Search)
+                  else " | ".join(map(str, found)) if found else "")
+        bounds = " ".join(f"{symbol} {getattr(m, attr)}" for m in info.metadata
+                          for attr, symbol in (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤"))
+                          if getattr(m, attr, None) is not None)
+        kind_name = (info.annotation.__name__ if isinstance(info.annotation, type)
+                     else str(info.annotation).replace("typing.", ""))
+        table.add_row(key, kind_name, repr(info.default), bounds, search, info.description or "")
+    Console().print(table)
+    if kind == "norms" and model.protocol_only:
+        print(f"read by the norm's protocol only: {', '.join(sorted(model.protocol_only))}")
     return 0
 
 
@@ -199,7 +238,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             from .progress import RunProgress
 
             with RunProgress(suite, plans, book) as display:
-                work(book, options, display.update)
+                work(book, options, display)
     finally:
         for helper in helpers:
             if helper.poll() is None:
@@ -256,10 +295,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_check_norm(args: argparse.Namespace) -> int:
     import tomllib
 
+    from pydantic import ValidationError
     from rich.console import Console
     from rich.table import Table
 
-    from .errors import Problem
+    from .errors import Problem, did_you_mean
+    from .suite import problems
 
     registry = _registry()
     for file in args.plugin:
@@ -270,7 +311,8 @@ def cmd_check_norm(args: argparse.Namespace) -> int:
             raise UserError(Problem(str(file), "", message)) from None
     if args.norm not in registry.norms:
         known = ", ".join(sorted(registry.norms))
-        raise UserError(_arg_problem("NORM", f"unknown norm {args.norm!r}; available: {known}"))
+        raise UserError(_arg_problem("NORM", f"unknown norm {args.norm!r}{did_you_mean(args.norm, registry.norms)}; "
+                                     f"available: {known}"))
     params = {}
     for item in args.param:
         key, sep, value = item.partition("=")
@@ -280,9 +322,14 @@ def cmd_check_norm(args: argparse.Namespace) -> int:
             params[key] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
             params[key] = value
+    norm = registry.norms[args.norm]
+    try:
+        norm.config.model_validate(params)
+    except ValidationError as exc:
+        raise UserError(problems.of_model("command line", "--param", exc, norm.config)) from None
     from .testing import check_norm
 
-    results = check_norm(registry.norms[args.norm], params)
+    results = check_norm(norm, params)
     table = Table(title=f"conformance of {args.norm!r}", title_justify="left")
     for column in ("check", "input", "result"):
         table.add_column(column)
@@ -366,6 +413,7 @@ def _spawn_worker(args: argparse.Namespace, url: str, index: int, threads: int) 
 
 
 def _arg_problem(key: str, message: str) -> Any:
+
     from .errors import Problem
 
     return Problem("command line", key, message)

@@ -25,6 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_text
+from .events import EpochEnd
+
 RESULT_FILE = "result.json"
 
 
@@ -83,17 +86,17 @@ class TrialAddress:
             raise LookupError(f"{self.suite} no longer plans the study {self.study!r} (was the suite file edited "
                               "during the run?)")
         return TrialRequest(task=plan.task, config=plan.variant.config, norm=plan.norm.norm,
-                            norm_params=plan.norm.params, seed=self.seed, work_dir=self.work_dir,
+                            norm_config=plan.norm.config, seed=self.seed, work_dir=self.work_dir,
                             data_root=self.data_root, resume=self.resume, threads=self.threads)
 
 
-def run_address(address: TrialAddress, events: Callable[[dict[str, Any]], None] = lambda event: None,
+def run_address(address: TrialAddress, on_epoch: Callable[[EpochEnd], None] = lambda end: None,
                 ) -> dict[str, Any]:
     """Rebuild and run the trial; its result or its failure as the worker's final message."""
     try:
         from .engine import run_trial
 
-        return {"event": "done", "result": asdict(run_trial(address.request(), events=events))}
+        return {"event": "done", "result": asdict(run_trial(address.request(), on_epoch=on_epoch))}
     except FloatingPointError as exc:
         return {"event": "error", "kind": "diverged", "reason": str(exc), "traceback": traceback.format_exc()}
     except Exception as exc:  # noqa: BLE001 - every failure of a trial is recorded, the suite goes on
@@ -108,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     _, rank = distributed_rank()
     result = run_address(address)
     if rank == 0:
-        path = address.work_dir / RESULT_FILE
-        path.with_suffix(".tmp").write_text(json.dumps(result))
-        path.with_suffix(".tmp").replace(path)
+        write_text(address.work_dir / RESULT_FILE, json.dumps(result))
     return 0 if result["event"] == "done" else 1
 
 

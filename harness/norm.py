@@ -1,71 +1,103 @@
-"""What a norm plugin registers: a layer factory plus the facts the harness checks before training.
+"""What a norm plugin registers: a layer factory, its parameters as one pydantic model, and the
+facts the harness checks before training.
 
-Kept free of torch imports so that listing and checking suites stays fast; the layer class is
-imported on first use when ``make`` is given as a ``"package.module:Attr"`` string.
+A norm's parameters are defined once, in its :class:`NormConfig` subclass: type, default, range,
+help and the range a search may try. A suite's ``[[norm]]`` keys are validated by that model;
+the layer gets the validated values (and nothing a model builder passes overrides them), and
+the norm's protocol gets the whole config. Kept free of torch imports so that listing and
+checking suites stays fast; the layer class is imported on first use when ``make`` is given as
+a ``"package.module:Attr"`` string.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import inspect
-from collections.abc import Callable, Mapping
+import pkgutil
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
 
 #: Input layouts a norm may support: ``1d`` is N×C (MLP features), ``2d`` is N×C×H×W.
 DIMS = frozenset({"1d", "2d"})
+#: Keywords of a model builder's ``norm_layer(num_features, **kwargs)`` call that reach the layer:
+#: where to put it. A builder's ``eps`` or ``momentum`` (timm, mmcv) never does: the suite's does.
+PLACEMENT = ("device", "dtype")
 
 
 def resolve(target: Any) -> Any:
-    """Import ``"package.module:Attr"`` (or return ``target`` unchanged if it is an object)."""
-    if not isinstance(target, str):
-        return target
-    module_name, _, attr = target.partition(":")
-    if not attr:
-        raise ValueError(f"{target!r} is not of the form 'package.module:Attr'")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
+    """Import ``"package.module:Attr"``, or return ``target`` unchanged if it is an object."""
+    return pkgutil.resolve_name(target) if isinstance(target, str) else target
 
 
 @dataclass(frozen=True)
-class Param:
-    """One norm (or task) parameter: its default and, optionally, the range a search may use."""
+class Search:
+    """The range a hyperparameter search may try for a numeric field of a :class:`NormConfig`,
+    declared on the field: ``momentum: Annotated[float, Search(0.01, 0.5, log=True)] = 0.1``.
+    ``Literal`` and ``bool`` fields are searched over their values and need none."""
 
-    default: Any
-    help: str = ""
-    low: float | None = None
-    high: float | None = None
+    low: float
+    high: float
     log: bool = False
-    choices: tuple[Any, ...] | None = None
 
-    @property
-    def searchable(self) -> bool:
-        return self.choices is not None or (self.low is not None and self.high is not None)
+
+class NormConfig(BaseModel):
+    """A norm's parameters: the keys its ``[[norm]]`` entry in a suite may set.
+
+    Subclass it per norm with a field per parameter (type, default, bounds, ``description``).
+    The suite's values are checked strictly (``epochs = "1"`` is an error, not a coercion) and
+    unknown keys are refused. ``protocol_only`` names the fields only the norm's protocol reads;
+    the layer factory gets the others as keyword arguments. A config composed of several (mixin)
+    configs has the union of their ``protocol_only``.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    protocol_only: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls.protocol_only = frozenset().union(*(vars(k).get("protocol_only", ()) for k in cls.__mro__))
+
+    def layer_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the layer factory."""
+        return {name: value for name, value in self if name not in self.protocol_only}
+
+    @classmethod
+    def search_space(cls) -> dict[str, Search | tuple[Any, ...]]:
+        """Each searchable field: its :class:`Search` range, or the values of a ``Literal``/``bool``."""
+        space: dict[str, Search | tuple[Any, ...]] = {}
+        for name, info in cls.model_fields.items():
+            declared = next((m for m in info.metadata if isinstance(m, Search)), None)
+            if declared is not None:
+                space[name] = declared
+            elif typing.get_origin(info.annotation) is typing.Literal:
+                space[name] = typing.get_args(info.annotation)
+            elif info.annotation is bool:
+                space[name] = (False, True)
+        return space
 
 
 @dataclass(frozen=True)
 class Norm:
     """A normalization method as the harness sees it.
 
-    ``make(num_features, **params)`` builds the layer (timm's convention: ``num_features``
-    first, extra keyword arguments such as ``eps`` or ``device`` accepted). ``params`` lists the
-    parameters a suite may set; when it is ``None`` they are read from ``make``'s signature.
+    ``make(num_features, **config.layer_kwargs(), device=..., dtype=...)`` builds the layer
+    (timm's convention: ``num_features`` first); ``config`` is the norm's :class:`NormConfig`.
     ``needs`` names capabilities the task must provide (for example ``"unlabeled"``).
-    ``protocol`` (a callable or ``"module:Attr"``) is called with the norm's parameters and
-    returns a :class:`harness.protocol.NormProtocol` (or None) for norms that need the training
-    loop to cooperate: extra losses, steps after the optimizer, batch composition, evaluations.
-    ``reference(num_features, **params)`` (optional) builds a module that a freshly made layer
-    must match in training mode: the equivalence the conformance kit checks.
+    ``protocol(config)`` (a callable or ``"module:Attr"``) returns a
+    :class:`harness.protocol.NormProtocol` (or None) for norms that need the training loop to
+    cooperate: extra losses, steps after the optimizer, batch composition, evaluations.
+    ``reference(num_features, **config.layer_kwargs())`` (optional) builds a module that a
+    freshly made layer must match in training mode: the equivalence the conformance kit checks.
     """
 
     name: str
     make: Callable[..., Any] | str
+    config: type[NormConfig] = NormConfig
     summary: str = ""
     citation: str = ""
-    params: Mapping[str, Param] | None = None
     dims: frozenset[str] = DIMS
     needs: frozenset[str] = frozenset()
     protocol: Any = None
@@ -78,37 +110,26 @@ class Norm:
         unknown = self.dims - DIMS
         if unknown:
             raise ValueError(f"norm {self.name!r}: unknown dims {sorted(unknown)}; use {sorted(DIMS)}")
+        if not (isinstance(self.config, type) and issubclass(self.config, NormConfig)):
+            raise TypeError(f"norm {self.name!r}: config must be a harness.NormConfig subclass")
 
     def factory(self) -> Callable[..., Any]:
         return resolve(self.make)
 
-    def parameters(self) -> Mapping[str, Param] | None:
-        """Declared parameters, or those of ``make``'s signature if it is already imported."""
-        if self.params is not None:
-            return self.params
-        if isinstance(self.make, str):
-            return None  # unknown until imported; checked when the layer is built
-        return signature_params(self.make)
+    def layer(self, config: NormConfig | None = None) -> Callable[..., Any]:
+        """The ``norm_layer`` a model builder calls as ``norm_layer(num_features, **kwargs)``, with
+        this config's values (the defaults when None). Of the builder's keywords only
+        :data:`PLACEMENT` reach the layer."""
+        make, params = self.factory(), (config or self.config()).layer_kwargs()
 
-    def make_protocol(self, **params: Any) -> Any:
-        """The protocol for these parameters, or None for a norm that is just a layer."""
+        def norm_layer(num_features: int, **kwargs: Any) -> Any:
+            placement = {k: kwargs[k] for k in PLACEMENT if kwargs.get(k) is not None}
+            return make(num_features, **params, **placement)
+
+        return norm_layer
+
+    def make_protocol(self, config: NormConfig | None = None) -> Any:
+        """The protocol for this config, or None for a norm that is just a layer."""
         if self.protocol is None:
             return None
-        defaults = {k: p.default for k, p in (self.params or {}).items()}
-        return resolve(self.protocol)(**{**defaults, **params})
-
-    def layer(self, **params: Any) -> Callable[..., Any]:
-        """The ``norm_layer`` callable a model builder calls as ``norm_layer(num_features)``."""
-        defaults = {k: p.default for k, p in (self.params or {}).items()}
-        return functools.partial(self.factory(), **{**defaults, **params})
-
-
-def signature_params(make: Callable[..., Any]) -> dict[str, Param]:
-    """Keyword parameters of a layer factory after ``num_features``, with their defaults."""
-    found: dict[str, Param] = {}
-    params = list(inspect.signature(make).parameters.values())
-    for p in params[1:]:
-        if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-            continue
-        found[p.name] = Param(default=None if p.default is p.empty else p.default)
-    return found
+        return resolve(self.protocol)(config or self.config())

@@ -1,8 +1,8 @@
-"""A validated suite as a list of studies: one per (task variant, norm, phase), with stable ids.
+"""A validated suite as a list of studies: one per (task variant, norm), with stable ids.
 
 A study's name carries a hash of everything that changes its result (task configuration, norm
-and parameters, phase), so editing a suite starts new studies and never mixes old trials into
-the leaderboard, while re-running an unchanged suite finds its finished trials.
+and its whole config, defaults included), so editing a suite starts new studies and never mixes
+old trials into the leaderboard, while re-running an unchanged suite finds its finished trials.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from typing import Any
 from .suite import NormSpec, Suite, Variant
 from .task import Task
 
-FINAL = "final"
-
 
 @dataclass(frozen=True)
 class StudyPlan:
@@ -24,7 +22,6 @@ class StudyPlan:
     task: Task
     variant: Variant
     norm: NormSpec
-    phase: str
     seeds: tuple[int, ...]
     metric: str
     direction: str
@@ -35,19 +32,18 @@ class StudyPlan:
             "task": self.task.name,
             "config": self.variant.config.model_dump(mode="json"),
             "norm": self.norm.norm.name,
-            "params": self.norm.params,
-            "phase": self.phase,
+            "params": self.norm.config.model_dump(mode="json"),
         }
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
     @property
     def name(self) -> str:
-        return f"{self.suite}/{self.variant.label}/{self.norm.label}/{self.phase}/{self.key}"
+        return f"{self.suite}/{self.variant.label}/{self.norm.label}/{self.key}"
 
     @property
     def slug(self) -> str:
         """A path-safe identifier for the study's run directory."""
-        return f"{_safe(self.variant.label)}/{_safe(self.norm.label)}-{self.phase}-{self.key}"
+        return f"{_safe(self.variant.label)}/{_safe(self.norm.label)}-{self.key}"
 
     def attrs(self) -> dict[str, Any]:
         """What the study records about itself, for the leaderboard and for people reading storage."""
@@ -59,16 +55,16 @@ class StudyPlan:
             "norm": self.norm.label,
             "norm_use": self.norm.norm.name,
             "norm_params": self.norm.params,
-            "phase": self.phase,
+            "norm_config": self.norm.config.model_dump(mode="json"),
             "metric": self.metric,
         }
 
 
 def make_plan(suite: Suite) -> list[StudyPlan]:
-    """The final-run studies of a suite, in the order the suite declares them."""
+    """The studies of a suite, in the order the suite declares them."""
     return [
         StudyPlan(
-            suite=suite.name, task=suite.task, variant=variant, norm=norm, phase=FINAL,
+            suite=suite.name, task=suite.task, variant=variant, norm=norm,
             seeds=tuple(suite.seeds), metric=suite.metric, direction=suite.direction,
         )
         for variant, norm in suite.pairs()

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .errors import Problem, UserError
-from .norm import Norm
+from .norm import Norm, NormConfig
 from .protocol import InputDataset
 from .task import Splits, Task, TaskConfig
 
@@ -46,10 +46,6 @@ from .task import Splits, Task, TaskConfig
 BATCH = 2
 TRAIN_SAMPLES = 4
 SEED = 0
-#: Task keys that change how a model trains but not what it is nor its input shape: variants that
-#: differ only in these are checked once.
-TRAINING_KEYS = frozenset({"epochs", "batch_size", "optimizer", "schedule", "val_interval", "checkpoint_interval",
-                           "num_workers", "devices", "amp", "deterministic", "compile", "data_dir"})
 
 
 @dataclass(frozen=True)
@@ -87,7 +83,7 @@ class Refusal:
 
     def problem(self, suite_file: str) -> Problem:
         spec = self.norm
-        axes = {k: v for k, v in self.variants[0].axes.items() if k not in TRAINING_KEYS}
+        axes = {k: v for k, v in self.variants[0].axes.items() if k not in self.variants[0].config.training_keys}
         exclude = " ".join(f"{k} = {json.dumps(v)}" for k, v in {"norm": spec.label, **axes}.items())
         labels = ", ".join(v.label for v in self.variants)
         named = spec.label if spec.label == spec.norm.name else f"{spec.label}: use = {spec.norm.name!r}"
@@ -125,7 +121,7 @@ def preflight(suite: Any, plans: Sequence[Any] | None = None, data_root: Any = N
     start = time.perf_counter()
     groups: dict[tuple[int, str], list[Any]] = {}  # ([[norm]] index, pair key) -> its plans
     for plan in plans:
-        key = _pair_key(suite.task, plan.variant.config, plan.norm.norm, plan.norm.params)
+        key = _pair_key(suite.task, plan.variant.config, plan.norm.norm, plan.norm.config)
         groups.setdefault((plan.norm.index, key), []).append(plan)
     fresh = {key for _, key in groups if key not in _CACHE}
     if fresh and announce is not None:
@@ -136,7 +132,7 @@ def preflight(suite: Any, plans: Sequence[Any] | None = None, data_root: Any = N
             report.cached += 1
         else:
             try:
-                _CACHE[key] = check_pair(suite.task, variant.config, spec.norm, spec.params, data_root=data_root)
+                _CACHE[key] = check_pair(suite.task, variant.config, spec.norm, spec.config, data_root=data_root)
             except _Unchecked as why:
                 report.unchecked.append(f"{variant.label}/{spec.label}: {why}")
                 continue
@@ -169,20 +165,21 @@ class _Unchecked(Exception):
     """The pair could not be checked (no example batch and no data): not a refusal."""
 
 
-def check_pair(task: Task, config: TaskConfig, norm: Norm, params: dict[str, Any], *, data_root: Any = None,
-               seed: int = SEED, optimizer_step: bool = True) -> StepResult:
+def check_pair(task: Task, config: TaskConfig, norm: Norm, norm_config: NormConfig | None = None, *,
+               data_root: Any = None, seed: int = SEED, optimizer_step: bool = True) -> StepResult:
     """Build the task's model with the norm and train one step on a tiny batch, on the CPU, with a
-    fixed seed; the global random state is restored afterwards. Returns the step's result, with
-    ``failure`` set when the pair cannot train."""
+    fixed seed; the global random state is restored afterwards (``norm_config``: the norm's
+    defaults when None). Returns the step's result, with ``failure`` set when the pair cannot train."""
+    norm_config = norm_config or norm.config()
     with _seeded(seed):
-        result = _check(task, config, norm, params, data_root, seed, optimizer_step)
+        result = _check(task, config, norm, norm_config, data_root, seed, optimizer_step)
     failure = result.failure
     if failure is not None and (failure.stage == _NON_FINITE or failure.stage.startswith("the backward (op")
                                 or failure.stage == "the backward"):
         # The same step again, watching: each layer's output for the first non-finite one, each
         # layer's output gradient, and autograd's anomaly mode for the operation that failed.
         with _seeded(seed):
-            watched = _check(task, config, norm, params, data_root, seed, optimizer_step, watch=True)
+            watched = _check(task, config, norm, norm_config, data_root, seed, optimizer_step, watch=True)
         if watched.failure is not None and watched.failure.stage.split(" (")[0] == failure.stage.split(" (")[0]:
             result = watched
     return result
@@ -191,9 +188,11 @@ def check_pair(task: Task, config: TaskConfig, norm: Norm, params: dict[str, Any
 _NON_FINITE = "the forward (non-finite loss)"
 
 
-def _check(task: Task, config: TaskConfig, norm: Norm, params: dict[str, Any], data_root: Any, seed: int,
+def _check(task: Task, config: TaskConfig, norm: Norm, norm_config: NormConfig, data_root: Any, seed: int,
            optimizer_step: bool, watch: bool = False) -> StepResult:
     from pathlib import Path
+
+    from mmengine.optim import build_optim_wrapper
 
     from . import engine
 
@@ -205,7 +204,7 @@ def _check(task: Task, config: TaskConfig, norm: Norm, params: dict[str, Any], d
     splits = _splits(task, config, impl, batch, generator)
     layers: list[nn.Module] = []
     making: list[int] = []
-    norm_layer = norm.layer(**params)
+    norm_layer = norm.layer(norm_config)
 
     def tracked(num_features: int, *args: Any, **kwargs: Any) -> nn.Module:
         making.append(num_features)
@@ -223,9 +222,9 @@ def _check(task: Task, config: TaskConfig, norm: Norm, params: dict[str, Any], d
     names = {id(m): name for name, m in net.named_modules()}
     norm_ids = {id(m) for m in layers}
     try:
-        model = engine.build_model(task, config, norm, params, impl, net, splits, seed)
+        model = engine.build_model(task, config, norm, norm_config, impl, net, splits, seed)
     except Exception as exc:  # noqa: BLE001
-        result.failure = Failure(f"the norm's protocol setup ({_protocol_name(norm, params)})", "", _reason(exc))
+        result.failure = Failure(f"the norm's protocol setup ({_protocol_name(norm, norm_config)})", "", _reason(exc))
         return result
     tracker = _Tracker(net, names, norm_ids, watch)
     modes = contextlib.ExitStack()
@@ -239,19 +238,15 @@ def _check(task: Task, config: TaskConfig, norm: Norm, params: dict[str, Any], d
         loader = protocol.train_loader(model.ctx, batch) or DataLoader(
             splits.train, batch_size=batch, shuffle=True, generator=model.ctx.generator)
         data = next(iter(loader))
-        wrapper = engine.optim_wrapper(config, engine.build_optimizer(config, net, protocol.no_weight_decay(net)),
-                                       "cpu")
+        with _quiet_mmengine():
+            wrapper = build_optim_wrapper(model, engine.optim_wrapper_cfg(config, model, "cpu"))
         stage = "the forward"
         if watch:  # autograd records each operation's forward trace, to name the one whose backward fails
             modes.enter_context(warnings.catch_warnings())
             warnings.filterwarnings("ignore", message="Anomaly Detection has been enabled")
             modes.enter_context(torch.autograd.detect_anomaly(check_nan=False))
         with tracker:
-            with wrapper.optim_context(model):
-                data = model.data_preprocessor(data, True)
-                losses = model._run_forward(data, mode="loss")
-            stage = "the loss"
-            loss, _ = model.parse_losses(losses)
+            loss, _ = model.step_loss(data, wrapper)  # the first half of the trial's training step
         result.loss = float(loss.detach())
         if not math.isfinite(result.loss):
             first = tracker.first_bad
@@ -286,7 +281,7 @@ def _check(task: Task, config: TaskConfig, norm: Norm, params: dict[str, Any], d
             wrapper.step()
             wrapper.zero_grad()
             stage = "the norm's after-step hook"
-            protocol.after_optimizer_step(net)
+            model.after_step()
     except Exception as exc:  # noqa: BLE001
         result.failure = _located(stage, exc, tracker)
     finally:
@@ -420,9 +415,9 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _protocol_name(norm: Norm, params: dict[str, Any]) -> str:
+def _protocol_name(norm: Norm, norm_config: NormConfig) -> str:
     try:
-        protocol = norm.make_protocol(**params)
+        protocol = norm.make_protocol(norm_config)
     except Exception:  # noqa: BLE001
         return "its protocol"
     if protocol is None:
@@ -431,9 +426,10 @@ def _protocol_name(norm: Norm, params: dict[str, Any]) -> str:
     return " + ".join(type(p).__name__ for p in parts)
 
 
-def _pair_key(task: Task, config: TaskConfig, norm: Norm, params: dict[str, Any]) -> Any:
-    shape = config.model_dump(mode="json", exclude=set(TRAINING_KEYS) & set(type(config).model_fields))
-    return json.dumps({"task": task.name, "norm": norm.name, "source": norm.source, "params": params,
+def _pair_key(task: Task, config: TaskConfig, norm: Norm, norm_config: NormConfig) -> Any:
+    shape = config.model_dump(mode="json", exclude=set(config.training_keys) & set(type(config).model_fields))
+    return json.dumps({"task": task.name, "norm": norm.name, "source": norm.source,
+                       "params": norm_config.model_dump(mode="json"),
                        "config": shape, "batch": min(BATCH, config.batch_size)}, sort_keys=True, default=str)
 
 

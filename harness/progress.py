@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .events import EpochEnd, RunEvents
 from .leaderboard import Board, build
 from .plan import StudyPlan
 from .storage import TrialBook
 from .suite import Suite
+from .worker import Outcome
 
 
-class RunProgress:
-    """Receives the worker's progress events and draws them with rich."""
+class RunProgress(RunEvents):
+    """Draws a worker's run with rich."""
 
     def __init__(self, suite: Suite, plans: list[StudyPlan], book: TrialBook) -> None:
         self.console = Console(stderr=True)
@@ -39,32 +40,30 @@ class RunProgress:
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)
 
-    def update(self, kind: str, info: dict[str, Any]) -> None:
-        if kind == "start":
-            plan = info["plan"]
-            description = f"  {plan.variant.label} · {plan.norm.label} · seed {info['seed']}"
-            self.progress.update(self.trial_bar, description=description, total=plan.variant.config.epochs,
-                                 completed=0, visible=True, note="")
-        elif kind == "event" and info.get("event") == "epoch":
-            self.progress.update(self.trial_bar, completed=info["epoch"], total=info["epochs"],
-                                 note=f"loss {info['loss']:.4g}")
-        elif kind == "end":
-            self.progress.advance(self.suite_bar)
-            outcome = info["outcome"]
-            if not outcome.ok:
-                plan = info["plan"]
-                self.progress.console.print(
-                    f"[red]failed[/red] {plan.variant.label} · {plan.norm.label} · seed {info['seed']}: "
-                    f"{outcome.kind}: {outcome.reason}"
-                )
-        elif kind == "device" and info["device"] != "cpu":
+    def trial_started(self, plan: StudyPlan, seed: int) -> None:
+        self.progress.update(self.trial_bar, description=f"  {plan.variant.label} · {plan.norm.label} · seed {seed}",
+                             total=plan.variant.config.epochs, completed=0, visible=True, note="")
+
+    def device_chosen(self, plan: StudyPlan, seed: int, device: str) -> None:
+        if device != "cpu":
             task = next(t for t in self.progress.tasks if t.id == self.trial_bar)
-            self.progress.update(self.trial_bar, description=f"{task.description} · {info['device']}", note="")
-        elif kind == "gpu-wait":
-            self.progress.update(self.trial_bar, note=f"waiting for {info['devices']} free GPU(s)")
-        elif kind == "waiting":
-            self.progress.update(self.trial_bar, visible=True, description="  waiting for other workers",
-                                 note=f"{info['in_flight']} trial(s) in flight")
+            self.progress.update(self.trial_bar, description=f"{task.description} · {device}", note="")
+
+    def waiting_for_gpus(self, plan: StudyPlan, seed: int, devices: int) -> None:
+        self.progress.update(self.trial_bar, note=f"waiting for {devices} free GPU(s)")
+
+    def epoch_ended(self, plan: StudyPlan, seed: int, end: EpochEnd) -> None:
+        self.progress.update(self.trial_bar, completed=end.epoch, total=end.epochs, note=f"loss {end.loss:.4g}")
+
+    def trial_ended(self, plan: StudyPlan, seed: int, outcome: Outcome) -> None:
+        self.progress.advance(self.suite_bar)
+        if not outcome.ok:
+            self.progress.console.print(f"[red]failed[/red] {plan.variant.label} · {plan.norm.label} · seed {seed}: "
+                                        f"{outcome.kind}: {outcome.reason}")
+
+    def waiting_for_workers(self, in_flight: int) -> None:
+        self.progress.update(self.trial_bar, visible=True, description="  waiting for other workers",
+                             note=f"{in_flight} trial(s) in flight")
 
 
 def print_summary(board: Board, paths: list[Path]) -> None:

@@ -4,14 +4,15 @@ Some methods need the loop to cooperate: an extra loss term (Bayesian KL), a ste
 optimizer (weight projection), epoch boundaries (the condensation latch), the composition of a
 batch (an unlabeled stream, class-balanced batches, a normalization batch) and evaluation
 protocols (MC sampling, batch statistics on balanced test batches). A norm names a factory
-``protocol(params) -> NormProtocol | None``; the engine calls the protocol through mmengine
-hooks and loops at these points. Every method has a do-nothing default, so a protocol overrides
+``protocol(config) -> NormProtocol | None``, given the norm's typed
+:class:`~harness.norm.NormConfig`; the engine calls the protocol through its training step and
+mmengine's hooks and loops at these points. Every method has a do-nothing default, so a protocol overrides
 only what its method needs, and a third-party norm uses the very same points.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +60,7 @@ class TrialContext:
     def labels(self, dataset: Dataset | None = None) -> torch.Tensor:
         """Class labels of a dataset (the training set by default), without loading its inputs
         where the dataset keeps them apart (``targets`` attribute, TensorDataset)."""
-        return dataset_labels(self.splits.train if dataset is None else dataset)
+        return _labels(self.splits.train if dataset is None else dataset)
 
 
 class Evaluation:
@@ -184,14 +185,7 @@ class _Chain(NormProtocol):
         return {k: v for p in self.parts for k, v in p.metrics(net).items()}
 
 
-def mean_probability(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Combine stochastic predictions of a classifier (class scores on dim 1): the log of the mean
-    softmax, which a cross-entropy or an argmax reads like logits."""
-    probs = torch.stack([o.float().softmax(dim=1) for o in outputs]).mean(dim=0)
-    return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
-
-
-def dataset_labels(dataset: Dataset) -> torch.Tensor:
+def _labels(dataset: Dataset) -> torch.Tensor:
     for attr in ("targets", "labels"):
         if hasattr(dataset, attr):
             return torch.as_tensor(getattr(dataset, attr))
@@ -200,23 +194,6 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor:
         return tensors[1]
     return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
 
-
-def modules_of(net: nn.Module, kind: type | tuple[type, ...]) -> Iterator[nn.Module]:
-    """The modules of a given type, in registration order."""
-    return (m for m in net.modules() if isinstance(m, kind))
-
-
-def preceding_weights(net: nn.Module, norm_kind: type | tuple[type, ...]) -> list[nn.Parameter]:
-    """The weight of the convolution or linear layer that feeds each norm layer: the closest one
-    before it in registration order, which is how models put a norm after its layer."""
-    found, last = [], None
-    for module in net.modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            last = module
-        elif isinstance(module, norm_kind) and last is not None:
-            found.append(last.weight)
-            last = None
-    return found
 
 
 Factory = Callable[..., NormProtocol | None]

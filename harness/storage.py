@@ -54,6 +54,7 @@ class Claim:
     plan: StudyPlan
     study: optuna.Study
     trial: FrozenTrial
+    trial_id: int  # the storage's id of the trial
 
     @property
     def seed(self) -> int:
@@ -106,7 +107,7 @@ class TrialBook:
                 if any(_settled(t, retry_failed) for t in trials):
                     continue
                 resume = any(_retryable(t) for t in trials)
-                study.enqueue_trial({}, user_attrs={"seed": seed, "phase": plan.phase, "resume": resume})
+                study.enqueue_trial({}, user_attrs={"seed": seed, "resume": resume})
 
     def _fail_dead(self, study: optuna.Study) -> None:
         host = socket.gethostname()
@@ -114,7 +115,7 @@ class TrialBook:
             owner = str(trial.user_attrs.get("worker", ""))
             worker_host, _, pid = owner.rpartition(":")
             if worker_host == host and pid.isdigit() and not _alive(int(pid)):
-                self._finish(trial._trial_id, "worker-died", "the worker process ended during the trial")
+                self._finish(self._id(study, trial), "worker-died", "the worker process ended during the trial")
         fail_stale_trials(study)  # other machines: Optuna's heartbeat
 
     def claim(self) -> Claim | None:
@@ -122,15 +123,22 @@ class TrialBook:
         for plan in self.plans:
             study = self.study(plan)
             for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                if not self.storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
+                trial_id = self._id(study, trial)
+                if not self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
                     continue  # another worker was quicker
                 if self._duplicate(study, trial):
-                    self._finish(trial._trial_id, "duplicate", "another trial already ran this seed")
+                    self._finish(trial_id, "duplicate", "another trial already ran this seed")
                     continue
-                self.storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
-                self.storage.record_heartbeat(trial._trial_id)
-                return Claim(plan, study, self.storage.get_trial(trial._trial_id))
+                self.storage.set_trial_user_attr(trial_id, "worker", worker_id())
+                self.storage.record_heartbeat(trial_id)
+                return Claim(plan, study, self.storage.get_trial(trial_id), trial_id)
         return None
+
+    def _id(self, study: optuna.Study, trial: FrozenTrial) -> int:
+        """The storage's id of a trial, through the storage's public API (Optuna's FrozenTrial
+        keeps it private)."""
+        study_id = self.storage.get_study_id_from_name(study.study_name)
+        return self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
 
     @staticmethod
     def _duplicate(study: optuna.Study, claimed: FrozenTrial) -> bool:
@@ -148,7 +156,7 @@ class TrialBook:
         return sum(len(self.study(p).get_trials(deepcopy=False, states=states)) for p in self.plans)
 
     def set_attr(self, claim: Claim, key: str, value: Any) -> None:
-        self.storage.set_trial_user_attr(claim.trial._trial_id, key, value)
+        self.storage.set_trial_user_attr(claim.trial_id, key, value)
 
     def complete(self, claim: Claim, value: float, attrs: dict[str, Any]) -> None:
         for key, item in attrs.items():
@@ -158,7 +166,7 @@ class TrialBook:
     def fail(self, claim: Claim, kind: str, reason: str, attrs: dict[str, Any] | None = None) -> None:
         for key, item in (attrs or {}).items():
             self.set_attr(claim, key, item)
-        self._finish(claim.trial._trial_id, kind, reason)
+        self._finish(claim.trial_id, kind, reason)
 
     def _finish(self, trial_id: int, kind: str, reason: str) -> None:
         self.storage.set_trial_user_attr(trial_id, "fail_kind", kind)
@@ -171,7 +179,7 @@ class TrialBook:
             yield from study.get_trials(deepcopy=False)
 
     def heartbeat(self, claim: Claim) -> Heartbeat:
-        return Heartbeat(self.storage, claim.trial._trial_id)
+        return Heartbeat(self.storage, claim.trial_id)
 
 
 class Heartbeat:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -51,6 +51,11 @@ class TaskConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+    #: Keys that change how a model trains but not what it is nor its input shape: the pre-flight
+    #: check builds variants that differ only in these once. A task adds its own such keys.
+    training_keys: ClassVar[frozenset[str]] = frozenset({
+        "epochs", "batch_size", "optimizer", "schedule", "val_interval", "checkpoint_interval", "num_workers",
+        "devices", "amp", "deterministic", "compile"})
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -100,11 +105,17 @@ class TaskConfig(BaseModel):
 
     def variant_label(self) -> str:
         """A short human label of this configuration, used where the matrix is silent."""
-        return getattr(self, "dataset", "") or "default"
+        return "default"
 
-    def missing_data(self, data_root: Path) -> str | None:
-        """Why the data this configuration reads is not under ``data_root``, with the layout the
-        loader expects and how to point the harness at it; None when it is there (or generated)."""
+    def axis_label(self, key: str, value: Any) -> str:
+        """How a matrix axis's value names the variants it makes (``key=value``; a task may
+        let a self-explaining value such as a dataset name stand alone)."""
+        return f"{key}={value}"
+
+    def missing_data(self, data_root: Path) -> tuple[str, str] | None:
+        """``(key, why)`` when the data this configuration reads is not under ``data_root``: the
+        ``[task]`` key that chose it, and the layout the loader expects and how to point the
+        harness at it; None when it is there (or generated)."""
         return None
 
     def runtime_problems(self) -> list[str]:

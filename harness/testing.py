@@ -2,10 +2,11 @@
 
 Each norm is checked where it lives, inside a tiny model (a linear or convolutional layer, the
 norm, an in-place ReLU as timm's and torchvision's models have, a classifier head) with its
-protocol set up and driven like the engine drives it; a norm whose output cannot be modified in
-place (a view returned by a custom autograd Function, for one) fails its training checks,
-so norms that need data-dependent set-up, extra batches or steps after the optimizer are
-checked too. Use it from the command line (``harness check-norm NAME``) or in a plugin's tests::
+protocol set up and trained by the engine's own training step
+(:meth:`harness.engine.TaskModel.train_step`); a norm whose output cannot be modified in place (a
+view returned by a custom autograd Function, for one) fails its training checks, so norms that
+need data-dependent set-up, extra batches or steps after the optimizer are checked too. Use it
+from the command line (``harness check-norm NAME``) or in a plugin's tests::
 
     from harness.testing import conformance_tests
     test_my_norm_conforms = conformance_tests("my_norm")
@@ -20,12 +21,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from mmengine.optim import build_optim_wrapper
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from .engine import TaskModel, build_model, optim_wrapper_cfg
 from .norm import Norm, resolve
 from .protocol import LABELS, UNLABELED, NormProtocol, TrialContext
-from .task import Splits, TaskConfig
+from .task import OptimizerConfig, Splits, Task, TaskConfig
 
 FEATURES = 8
 CLASSES = 3
@@ -41,9 +44,22 @@ class CheckResult:
     detail: str = ""
 
 
+class _Classifier:
+    """The bench's task: cross-entropy on class scores (a :class:`~harness.task.TaskImpl` loss)."""
+
+    @staticmethod
+    def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs, targets)
+
+
+BENCH_TASK = Task(name="conformance", make=_Classifier, provides={LABELS, UNLABELED})
+
+
 @dataclass
 class Bench:
-    """A tiny model with the norm in it, its protocol set up, and data to drive it."""
+    """A tiny model with the norm in it, set up as a trial sets it up (the engine's
+    :func:`~harness.engine.build_model`, its optimizer config and training step), and data to
+    drive it."""
 
     norm: Norm
     params: dict[str, Any]
@@ -51,8 +67,7 @@ class Bench:
     seed: int = 0
     net: nn.Module = field(init=False)
     layers: list[nn.Module] = field(init=False)
-    protocol: NormProtocol = field(init=False)
-    ctx: TrialContext = field(init=False)
+    model: TaskModel = field(init=False)
 
     def __post_init__(self) -> None:
         torch.manual_seed(self.seed)
@@ -64,7 +79,8 @@ class Bench:
         u = torch.randn((n, *shape[1:]), generator=data) * 2 + 0.5
         self.inputs, self.targets = x[:BATCH], y[:BATCH]
         self.layers = []
-        make = self.norm.layer(**self.params)
+        self.config = self.norm.config.model_validate(self.params)
+        make = self.norm.layer(self.config)
 
         def norm_layer(num_features: int, **kwargs: Any) -> nn.Module:
             layer = make(num_features, **kwargs)
@@ -79,12 +95,18 @@ class Bench:
                                      nn.ReLU(inplace=True),
                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(FEATURES, CLASSES))
         splits = Splits(train=TensorDataset(x, y), test=TensorDataset(x, y), unlabeled=TensorDataset(u))
-        self.protocol = self.norm.make_protocol(**self.params) or NormProtocol()
-        self.ctx = TrialContext(net=self.net, splits=splits, config=TaskConfig(batch_size=BATCH), seed=self.seed,
-                                provides=frozenset({LABELS, UNLABELED}),
-                                generator=torch.Generator().manual_seed(self.seed))
-        self.protocol.setup(self.ctx)
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.05)
+        config = TaskConfig(batch_size=BATCH, optimizer=OptimizerConfig(lr=0.05, momentum=0.0))
+        self.model = build_model(BENCH_TASK, config, self.norm, self.config, _Classifier(), self.net, splits,
+                                 self.seed)
+        self.wrapper = build_optim_wrapper(self.model, optim_wrapper_cfg(config, self.model, "cpu"))
+
+    @property
+    def protocol(self) -> NormProtocol:
+        return self.model.protocol
+
+    @property
+    def ctx(self) -> TrialContext:
+        return self.model.ctx
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
         loader = self.protocol.train_loader(self.ctx, BATCH) or DataLoader(
@@ -93,22 +115,18 @@ class Bench:
             yield batch[0], batch[1], (batch[2] if len(batch) > 2 else None)
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor, extra: Any = None) -> torch.Tensor:
-        self.net.train()
-        outputs = self.protocol.train_forward(self.net, inputs, extra)
-        loss = F.cross_entropy(outputs, targets)
-        extra_loss = self.protocol.extra_loss(self.net, self.ctx)
-        return loss if extra_loss is None else loss + extra_loss
+        """The training loss of a batch, as the training step computes it."""
+        self.model.train()
+        return self.model.step_loss((inputs, targets, extra), self.wrapper)[0]
 
     def train(self, steps: int = 2) -> None:
-        """A few optimizer steps as the engine takes them."""
+        """A few training steps, the engine's own."""
+        self.model.train()
         self.protocol.before_train_epoch(self.net, 0)
-        for step, (inputs, targets, extra) in enumerate(self.batches()):
+        for step, batch in enumerate(self.batches()):
             if step == steps:
                 break
-            self.optimizer.zero_grad()
-            self.loss(inputs, targets, extra).backward()
-            self.optimizer.step()
-            self.protocol.after_optimizer_step(self.net)
+            self.model.train_step(batch, self.wrapper)
 
     def evaluate(self, inputs: torch.Tensor | None = None) -> torch.Tensor:
         self.net.eval()
@@ -171,7 +189,7 @@ def check_state_dict(bench: Bench) -> str:
 
 def check_gradients(bench: Bench) -> str:
     inputs, targets, extra = next(bench.batches())
-    bench.optimizer.zero_grad()
+    bench.wrapper.zero_grad()
     bench.loss(inputs, targets, extra).backward()
     missing = [f"{i}.{name}" for i, layer in enumerate(bench.layers) for name, p in layer.named_parameters()
                if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
@@ -201,8 +219,8 @@ def check_reference(bench: Bench) -> str | None:
     if bench.norm.reference is None:
         return None
     torch.manual_seed(0)
-    layer = bench.norm.layer(**bench.params)(FEATURES)
-    reference = resolve(bench.norm.reference)(FEATURES, **bench.params)
+    layer = bench.norm.layer(bench.config)(FEATURES)
+    reference = resolve(bench.norm.reference)(FEATURES, **bench.config.layer_kwargs())
     shape = (BATCH, FEATURES) if bench.dim == "1d" else (BATCH, FEATURES, 5, 5)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(5)) * 3 + 1
     layer.train()

@@ -26,6 +26,7 @@ from typing import Any
 
 from .devices import Gpu, GpuPool, Lease, lock_dir
 from .distributed import TrialAddress
+from .events import EpochEnd, RunEvents
 from .plan import StudyPlan
 from .storage import Claim, TrialBook
 
@@ -37,7 +38,6 @@ PRELOAD = ("torch", "torch._inductor.config", "torchvision", "setuptools",
            "distutils.ccompiler", "mmengine.runner", "mmengine.visualization", "matplotlib.figure",
            "matplotlib.backends.backend_agg", "PIL.ImageDraw", "torch.utils.tensorboard", "harness.engine",
            "harness.plugins", "harness.suite", "harness.plan", "harness.distributed", "harness.worker")
-Progress = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass
@@ -59,8 +59,9 @@ class Outcome:
     reason: str = ""
 
 
-def work(book: TrialBook, options: WorkerOptions, progress: Progress = lambda kind, info: None) -> int:
+def work(book: TrialBook, options: WorkerOptions, events: RunEvents | None = None) -> int:
     """Run trials until none is waiting or running anywhere; return how many this worker ran."""
+    events = events or RunEvents()
     book.sync(options.retry_failed)
     pool = GpuPool(options.gpus, lock_dir(options.runs_dir), options.home)
     ran = 0
@@ -72,14 +73,14 @@ def work(book: TrialBook, options: WorkerOptions, progress: Progress = lambda ki
             in_flight = book.in_flight()
             if in_flight == 0:
                 return ran
-            progress("waiting", {"in_flight": in_flight})
+            events.waiting_for_workers(in_flight)
             time.sleep(POLL_SECONDS)
             book.sync()  # retry_failed applies once, at the start: a trial failing again stays failed
             continue
-        progress("start", {"plan": claim.plan, "seed": claim.seed})
-        outcome = run_claim(book, claim, options, progress, pool)
+        events.trial_started(claim.plan, claim.seed)
+        outcome = run_claim(book, claim, options, events, pool)
         ran += 1
-        progress("end", {"plan": claim.plan, "seed": claim.seed, "outcome": outcome})
+        events.trial_ended(claim.plan, claim.seed, outcome)
 
 
 def trial_processes(plans: Iterable[StudyPlan] = (), start: bool = False) -> Any:
@@ -112,7 +113,7 @@ def trial_dir(runs_dir: Path, plan: StudyPlan, seed: int) -> Path:
     return runs_dir / plan.suite / plan.slug / f"seed-{seed}"
 
 
-def run_claim(book: TrialBook, claim: Claim, options: WorkerOptions, progress: Progress,
+def run_claim(book: TrialBook, claim: Claim, options: WorkerOptions, events: RunEvents,
               pool: GpuPool | None = None) -> Outcome:
     """Run a claimed trial in a child process (on GPUs it leases, where there are GPUs) and store
     its result or its failure."""
@@ -137,15 +138,15 @@ def run_claim(book: TrialBook, claim: Claim, options: WorkerOptions, progress: P
     try:
         with book.heartbeat(claim):
             if options.gpus:
-                lease = pool.acquire(devices, waiting=lambda: progress("gpu-wait", {"devices": devices}))
+                lease = pool.acquire(devices, waiting=lambda: events.waiting_for_gpus(plan, claim.seed, devices))
             where["device"] = lease.label if lease else "cpu"
             book.set_attr(claim, "device", where["device"])
-            progress("device", {"device": where["device"]})
+            events.device_chosen(plan, claim.seed, where["device"])
             if devices > 1:
                 final, code = _run_distributed(address, devices, log, lease)
             else:
-                events = lambda m: progress("event", {"plan": plan, "seed": claim.seed, **m})  # noqa: E731
-                final, code = _run_process(address, log, events, lease.visible if lease else None)
+                final, code = _run_process(address, log, lambda end: events.epoch_ended(plan, claim.seed, end),
+                                           lease.visible if lease else None)
     except KeyboardInterrupt:
         book.fail(claim, "interrupted", "stopped by the user; the next run resumes it", where)
         raise
@@ -169,9 +170,9 @@ def run_claim(book: TrialBook, claim: Claim, options: WorkerOptions, progress: P
     return Outcome(True)
 
 
-def _run_process(address: TrialAddress, log: Path, events: Callable[[dict[str, Any]], None],
+def _run_process(address: TrialAddress, log: Path, on_epoch: Callable[[EpochEnd], None],
                  visible: str | None) -> tuple[dict | None, int | None]:
-    """The trial in a process from the fork server; its progress events are passed on as they come."""
+    """The trial in a process from the fork server; its epochs are passed on as they end."""
     ctx = trial_processes()
     receive, send = ctx.Pipe(duplex=False)
     ignore_sigint = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
@@ -186,10 +187,10 @@ def _run_process(address: TrialAddress, log: Path, events: Callable[[dict[str, A
                     message = receive.recv()
                 except EOFError:
                     break
-                if message["event"] in ("done", "error"):
-                    final = message
+                if isinstance(message, EpochEnd):
+                    on_epoch(message)
                 else:
-                    events(message)
+                    final = message
             elif not child.is_alive():
                 break
         child.join()
@@ -246,7 +247,7 @@ def _child(address: TrialAddress, send: Any, log: Path, visible: str | None, ign
     from .distributed import run_address
 
     try:
-        send.send(run_address(address, events=send.send))
+        send.send(run_address(address, on_epoch=send.send))
     finally:
         send.close()
 

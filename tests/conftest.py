@@ -40,19 +40,23 @@ noise = 0.2
 # The third-party norm of the plugin contract (issue text), for a spiral MLP (N×C features).
 
 SCALED_BN = '''
+from pydantic import Field
 from torch import nn
-from harness import Norm, hookimpl
+from harness import Norm, NormConfig, hookimpl
+
+class ScaledConfig(NormConfig):
+    factor: float = Field(0.5, gt=0, description="the constant the output is multiplied by")
 
 class ScaledBN(nn.BatchNorm1d):
-    def __init__(self, num_features, factor=0.5, **kwargs):
-        super().__init__(num_features)
+    def __init__(self, num_features, *, factor, device=None, dtype=None):
+        super().__init__(num_features, device=device, dtype=dtype)
         self.factor = factor
     def forward(self, x):
         return super().forward(x) * self.factor
 
 @hookimpl
 def harness_register_norms(register):
-    register(Norm(name="scaled_bn", make=ScaledBN, summary="BN times a constant"))
+    register(Norm(name="scaled_bn", make=ScaledBN, config=ScaledConfig, summary="BN times a constant"))
 '''
 
 

@@ -3,16 +3,60 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from mmengine.optim import build_optim_wrapper
+from torch import nn
 
-from harness.engine import optimizer_cfg, scheduler_cfg
+from harness.engine import TaskModel, optim_wrapper_cfg, scheduler_cfg
+from harness.protocol import NormProtocol
 from harness.task import TaskConfig
 
 
-def test_sgd_and_adamw_configs() -> None:
+class Projecting(NormProtocol):
+    """A protocol that exempts the first layer's weight from weight decay (as projection does)."""
+
+    def no_weight_decay(self, net: nn.Module) -> list[nn.Parameter]:
+        return [net[0].weight]
+
+
+def model(protocol: NormProtocol | None = None) -> TaskModel:
+    torch.manual_seed(0)
+    return TaskModel(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), None, protocol or NormProtocol(), None)
+
+
+def test_sgd_and_adamw_configs_build_torchs_optimizers() -> None:
     sgd = TaskConfig(optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True})
-    assert optimizer_cfg(sgd) == dict(type="SGD", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    cfg = optim_wrapper_cfg(sgd, model(), "cpu")
+    assert cfg == dict(type="OptimWrapper", optimizer=dict(type="SGD", lr=0.1, momentum=0.9, nesterov=True,
+                                                           weight_decay=5e-4))
+    built = build_optim_wrapper(model(), cfg).optimizer
+    assert isinstance(built, torch.optim.SGD) and built.defaults["nesterov"] and built.defaults["momentum"] == 0.9
     adamw = TaskConfig(optimizer={"name": "adamw", "lr": 1e-3, "weight_decay": 0.05})
-    assert optimizer_cfg(adamw) == dict(type="AdamW", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05)
+    built = build_optim_wrapper(model(), optim_wrapper_cfg(adamw, model(), "cpu")).optimizer
+    assert isinstance(built, torch.optim.AdamW)
+    assert (built.defaults["lr"], built.defaults["betas"], built.defaults["weight_decay"]) == (1e-3, (0.9, 0.999), 0.05)
+
+
+def test_the_protocols_parameters_alone_get_no_weight_decay() -> None:
+    config = TaskConfig(optimizer={"name": "sgd", "lr": 0.1, "weight_decay": 5e-4})
+    net = model(Projecting())
+    optimizer = build_optim_wrapper(net, optim_wrapper_cfg(config, net, "cpu")).optimizer
+    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert decay == {id(net.net[0].weight): 0.0, id(net.net[0].bias): 5e-4, id(net.net[1].weight): 5e-4,
+                     id(net.net[1].bias): 5e-4}
+
+
+def test_a_parameter_name_inside_another_is_refused() -> None:
+    """mmengine matches ``custom_keys`` as substrings: ``net.0.weight`` would match ``net.sub.net.0.weight``."""
+    class Nested(NormProtocol):
+        def no_weight_decay(self, net: nn.Module) -> list[nn.Parameter]:
+            return [net[0].weight]
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.Module())
+    net.add_module("sub", nn.Module())
+    net.sub.net = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="would match 'net.sub.net.0.weight'"):
+        optim_wrapper_cfg(TaskConfig(), TaskModel(net, None, Nested(), None), "cpu")
 
 
 def test_multistep_after_warmup() -> None:

@@ -27,8 +27,9 @@ def _restore_torch_switches() -> Any:
 
 def cifar_trial(tmp_path: Path, name: str, **options: Any) -> TrialResult:
     from harness.plugins import load_registry
+    from harness_plugins.common.files import atomic_directory
     from harness_plugins.tasks.classification import ClassificationConfig
-    from harness_plugins.tasks.classification.formats import atomic_directory, write_cifar
+    from harness_plugins.tasks.classification.formats import write_cifar
 
     data_root = tmp_path / "data"
     atomic_directory(data_root / "cifar-10-batches-bin",
@@ -36,8 +37,9 @@ def cifar_trial(tmp_path: Path, name: str, **options: Any) -> TrialResult:
     registry = load_registry()
     options = {"epochs": 2, "batch_size": 20, **options}
     config = ClassificationConfig(dataset="cifar10", model="cifar_resnet20", val_fraction=0.0, **options)
-    request = TrialRequest(task=registry.tasks["classification"], config=config, norm=registry.norms["batchnorm"],
-                           norm_params={}, seed=0, work_dir=tmp_path / name, data_root=data_root)
+    norm = registry.norms["batchnorm"]
+    request = TrialRequest(task=registry.tasks["classification"], config=config, norm=norm, norm_config=norm.config(),
+                           seed=0, work_dir=tmp_path / name, data_root=data_root)
     return run_trial(request)
 
 

@@ -14,18 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from harness.engine import (
-    TaskModel,
-    TrialRequest,
-    _eval_loader,
-    _pin,
-    _to_host,
-    configure_determinism,
-    environment,
-    optim_wrapper,
-    run_trial,
-)
+from harness.engine import TaskModel, TrialRequest, configure_determinism, environment, optim_wrapper_cfg, run_trial
+from harness.engine.model import to_host
+from harness.engine.recipe import _eval_loader, _pin
 from harness.norm import Norm
+from harness.protocol import NormProtocol
 from harness.task import TaskConfig
 from harness_plugins.tasks.classification import ClassificationConfig
 from harness_plugins.tasks.classification.task import ClassificationTask, stat_names
@@ -72,8 +65,9 @@ def toy_request(tmp_path: Path, name: str = "trial", norm: Norm | None = None, *
     config = {"epochs": 2, "batch_size": 8, **config}
     cfg = ToyConfig(dataset="spiral", points_per_class=24, test_points_per_class=24, hidden=[8, 8], noise=0.2,
                     **config)
-    return TrialRequest(task=registry.tasks["toy"], config=cfg, norm=norm or registry.norms["batchnorm"],
-                        norm_params={}, seed=0, work_dir=tmp_path / name, data_root=tmp_path / "data", threads=1)
+    norm = norm or registry.norms["batchnorm"]
+    return TrialRequest(task=registry.tasks["toy"], config=cfg, norm=norm, norm_config=norm.config(), seed=0,
+                        work_dir=tmp_path / name, data_root=tmp_path / "data", threads=1)
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -114,9 +108,12 @@ def test_amp_dtype_reaches_mmengines_wrapper(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(amp_optimizer_wrapper, "is_cuda_available", lambda: True)  # build it as on a GPU
 
+    from mmengine.optim import build_optim_wrapper
+
+    model = TaskModel(torch.nn.Linear(1, 1), None, NormProtocol(), None)
+
     def wrapper(amp: Any, device: str = "cuda") -> OptimWrapper:
-        return optim_wrapper(TaskConfig(amp=amp), torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1),
-                             device)
+        return build_optim_wrapper(model, optim_wrapper_cfg(TaskConfig(amp=amp), model, device))
 
     bf16 = wrapper("bf16")
     assert isinstance(bf16, AmpOptimWrapper) and bf16.cast_dtype == torch.bfloat16
@@ -224,7 +221,7 @@ def test_metrics_without_bincount_or_float64_match_the_hand_computation(classes:
     for op in ("bincount", "scatter", "index_add", "index_put", "_local_scalar_dense", "histc"):
         assert recorded.count(op) == 0, f"{op} on the metric path"
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for s in stats for v in s.values())
-    metrics = task.reduce(_to_host(stats))
+    metrics = task.reduce(to_host(stats))
     assert metrics["top1"] == pytest.approx(top1) and metrics["top5"] == pytest.approx(top5)
     assert metrics["nll"] == pytest.approx(nll, rel=1e-5) and metrics["ece"] == pytest.approx(ece, rel=1e-4, abs=1e-6)
     # and the statistics themselves equal the earlier float64 bincount ones
@@ -241,17 +238,17 @@ def test_toy_statistics_stay_tensors_until_the_end(tmp_path: Path) -> None:
     with OpRecorder() as recorded:
         stats = task.batch_stats(torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 1, 0]))
     assert recorded.count("_local_scalar_dense") == 0
-    host = _to_host([stats, {"count": 2.0, "correct": 1.0, "nll_sum": 0.5}])
+    host = to_host([stats, {"count": 2.0, "correct": 1.0, "nll_sum": 0.5}])
     assert all(type(v) in (float, int) for s in host for v in s.values())
     assert task.reduce(host)["accuracy"] == pytest.approx((float(stats["correct"]) + 1) / 8)
 
 
 def test_to_host_keeps_shapes_and_plain_values() -> None:
     results = [{"a": torch.tensor(1.5), "b": torch.tensor([1, 2]), "c": 3.0}, {"a": torch.tensor(2.5)}]
-    host = _to_host(results)
+    host = to_host(results)
     assert host[0]["a"] == 1.5 and host[1]["a"] == 2.5 and host[0]["c"] == 3.0
     assert torch.equal(host[0]["b"], torch.tensor([1, 2]))
-    assert _to_host([]) == []
+    assert to_host([]) == []
 
 
 # --- the training step ------------------------------------------------------------------------
@@ -295,7 +292,7 @@ def test_batches_are_pinned_and_copied_without_blocking() -> None:
     assert not own.pin_memory
     _pin(own, True)
     assert own.pin_memory
-    from harness.engine import BaseDataPreprocessor
+    from mmengine.model import BaseDataPreprocessor
 
     model = TaskModel(torch.nn.Linear(2, 2), None, None, None)  # type: ignore[arg-type]
     assert isinstance(model.data_preprocessor, BaseDataPreprocessor) and model.data_preprocessor._non_blocking

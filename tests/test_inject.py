@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models import resnet18
 
-from harness.inject import build_with_norm, swap_batchnorm
+from harness_plugins.tasks.classification.inject import build_with_norm, swap_batchnorm
 
 
 class Recorder:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy import stats
 
-from harness.leaderboard import Row, _rank, compare
+from harness.leaderboard import Row, compare, rank
 
 
 def test_paired_over_shared_seeds() -> None:
@@ -41,8 +41,8 @@ def rows(*means: float) -> list[Row]:
 
 def test_ranks_follow_the_direction_and_share_ties() -> None:
     high = rows(0.5, 0.9, 0.9, 0.1)
-    _rank(high, "max")
+    rank(high, "max")
     assert [r.rank for r in high] == [3, 1, 1, 4]
     low = rows(0.5, 0.9, 0.1)
-    _rank(low, "min")
+    rank(low, "min")
     assert [r.rank for r in low] == [2, 3, 1]

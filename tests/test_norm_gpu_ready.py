@@ -43,8 +43,9 @@ def _after_warmup(module: nn.Module, epoch: int = 1) -> None:
             m.latch_epoch(epoch)
 
 
-def _layer(name: str, channels: int = 6, **params: object) -> nn.Module:
-    layer = REGISTRY.norms[name].layer(**params)(channels).train()
+def _layer(name: str, channels: int = 6, **values: object) -> nn.Module:
+    norm = REGISTRY.norms[name]
+    layer = norm.layer(norm.config(**values))(channels).train()
     _randomize(layer)
     return layer
 
@@ -186,7 +187,8 @@ def test_the_census_sees_a_sync_and_float64() -> None:
 @pytest.mark.parametrize("decision", [True, False])
 def test_bn_fct_with_a_device_decision_is_bn_with_batch_or_running_statistics(decision: bool,
                                                                               shape: tuple[int, ...]) -> None:
-    layer = BatchNormFCT(4, fct=-2.0 if decision else 2.0, warmup_epochs=0)
+    defaults = REGISTRY.norms["bn_fct"].config().layer_kwargs()
+    layer = BatchNormFCT(4, **{**defaults, "fct": -2.0 if decision else 2.0, "warmup_epochs": 0})
     _randomize(layer)
     with torch.no_grad():
         layer.running_mean.uniform_(-1, 1)

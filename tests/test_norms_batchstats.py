@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import copy
 import csv
-import functools
 import json
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -42,6 +40,19 @@ def _registered() -> dict[str, Norm]:
     return {n.name: n for n in found}
 
 
+NORMS = _registered()
+
+
+def _layer(name: str, **values: object) -> Callable[..., nn.Module]:
+    """The ``norm_layer`` of a norm of this family with these config values (defaults otherwise)."""
+    norm = NORMS[name]
+    return norm.layer(norm.config(**values))
+
+
+def _bn(num_features: int, **placement: object) -> BatchNorm:
+    return BatchNorm(num_features, momentum=0.1, eps=EPS, **placement)
+
+
 def _input(*shape: int, seed: int = 0) -> torch.Tensor:
     """Random input with a non-zero mean and non-unit scale per channel."""
     g = torch.Generator().manual_seed(seed)
@@ -50,14 +61,13 @@ def _input(*shape: int, seed: int = 0) -> torch.Tensor:
         + torch.randn(channel, generator=g) * 3
 
 
-
 def _stats(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of an N×C tensor, written out."""
     mean = h.sum(0) / len(h)
     return mean, ((h - mean) ** 2).sum(0) / len(h)
 
 
-def _mlp(norm_layer: functools.partial | type, classes: int = 3, seed: int = 0) -> nn.Sequential:
+def _mlp(norm_layer: Callable[[int], nn.Module], classes: int = 3, seed: int = 0) -> nn.Sequential:
     """Linear → norm → ReLU, twice, then a linear head; random affine in the norms."""
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(2, 5), norm_layer(5), nn.ReLU(), nn.Linear(5, 4), norm_layer(4), nn.ReLU(),
@@ -87,15 +97,23 @@ def _ctx(net: nn.Module, train: object, test: object, config: ToyConfig, unlabel
 # --- registration and the common checks ------------------------------------------------------
 
 
-def test_registration_names_and_imports_no_torch() -> None:
+def test_registration_names_needs_and_configs() -> None:
     norms = _registered()
     assert set(norms) == {"unsupervised_bn", "balanced_bn", "batch_renorm", "mc_batchnorm", "switchable_norm"}
     assert norms["unsupervised_bn"].needs == {"unlabeled"} and norms["balanced_bn"].needs == {"labels"}
     assert norms["switchable_norm"].dims == {"2d"}
     for norm in norms.values():
-        assert norm.summary and norm.citation and norm.params
-    code = "import harness_plugins.norms.batchstats, sys; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+        assert norm.summary and norm.citation
+        assert {"momentum", "eps"} <= set(norm.config.model_fields)
+    assert norms["unsupervised_bn"].config.protocol_only == {"ratio"}
+    assert norms["mc_batchnorm"].config.protocol_only == {"mc_samples"}
+
+
+def test_protocols_get_their_values_from_the_config() -> None:
+    ubn, mc = NORMS["unsupervised_bn"], NORMS["mc_batchnorm"]
+    assert ubn.make_protocol().ratio == 8 and ubn.make_protocol(ubn.config(ratio=3)).ratio == 3
+    assert mc.make_protocol().mc_samples == 16 and mc.make_protocol(mc.config(mc_samples=4)).mc_samples == 4
+    assert isinstance(NORMS["balanced_bn"].make_protocol(), BalancedProtocol)
 
 
 test_batchstats_norms_conform = conformance_tests(*sorted(_registered()))
@@ -106,7 +124,7 @@ test_batchstats_norms_conform = conformance_tests(*sorted(_registered()))
 
 @pytest.mark.parametrize("stats_grad", ["detach", "full"])
 def test_ubn_one_forward_over_the_concatenation_is_bn_of_the_concatenation(stats_grad: str) -> None:
-    net = _mlp(functools.partial(UnsupervisedBatchNorm, stats_grad=stats_grad))
+    net = _mlp(_layer("unsupervised_bn", stats_grad=stats_grad))
     calls = []
     net[1].register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
     x, u = _input(6, 2, seed=1), _input(18, 2, seed=2)
@@ -126,7 +144,7 @@ def test_ubn_detach_gradient_is_bn_with_constant_statistics_and_full_is_bn() -> 
     x, g = _input(16, 4, seed=3).double(), _input(16, 4, seed=4).double()
     grads = {}
     for mode in ("detach", "full"):
-        layer = UnsupervisedBatchNorm(4, stats_grad=mode, dtype=torch.float64)
+        layer = UnsupervisedBatchNorm(4, stats_grad=mode, momentum=0.1, eps=EPS, dtype=torch.float64)
         randomize_affine(layer)
         xi = x.clone().requires_grad_()
         (layer(xi) * g).sum().backward()
@@ -207,7 +225,7 @@ def test_balanced_sampler_tops_up_smaller_classes() -> None:
 
 
 def test_balanced_evaluation_uses_each_batch_statistics_and_leaves_the_model_as_it_was() -> None:
-    net = _mlp(BatchNorm)
+    net = _mlp(_bn)
     net.train()
     for seed in range(3):  # some training so the running statistics are not at their init
         net(_input(12, 2, seed=seed))
@@ -249,16 +267,16 @@ def test_balanced_protocol_trains_on_balanced_batches(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("step", "r_max", "d_max"), [(0, 1.0, 0.0), (25, 1.5, 1.25), (100, 3.0, 5.0), (400, 3.0, 5.0)])
 def test_batch_renorm_warmup_ramps_the_limits_linearly_in_steps(step: int, r_max: float, d_max: float) -> None:
-    layer = BatchRenorm(3, r_max=3.0, d_max=5.0, warmup_steps=100)
+    layer = _layer("batch_renorm", r_max=3.0, d_max=5.0, warmup_steps=100)(3)
     layer.num_batches_tracked.fill_(step)
     assert layer.limits() == pytest.approx((r_max, d_max))
     layer(_input(8, 3))
     assert int(layer.num_batches_tracked) == step + 1
-    assert BatchRenorm(3, warmup_steps=0).limits() == (3.0, 5.0)
+    assert _layer("batch_renorm", warmup_steps=0)(3).limits() == (3.0, 5.0)
 
 
 def test_batch_renorm_matches_the_hand_formulas_with_clipping() -> None:
-    layer = BatchRenorm(4, r_max=3.0, d_max=5.0, warmup_steps=100, dtype=torch.float64)
+    layer = BatchRenorm(4, r_max=3.0, d_max=5.0, warmup_steps=100, momentum=0.1, eps=EPS, dtype=torch.float64)
     randomize_affine(layer)
     layer.num_batches_tracked.fill_(50)  # half way: r in [1/2, 2], d in [-2.5, 2.5]
     running_mean = torch.tensor([0.0, 10.0, -10.0, 0.5], dtype=torch.float64)
@@ -297,7 +315,7 @@ def test_batch_renorm_matches_the_hand_formulas_with_clipping() -> None:
 
 @pytest.mark.parametrize(("r_max", "d_max", "warmup", "start"), [(3.0, 5.0, 1000, 0), (1.0, 0.0, 0, 500)])
 def test_batch_renorm_is_bn_while_r_is_1_and_d_is_0(r_max: float, d_max: float, warmup: int, start: int) -> None:
-    ours, ref = BatchRenorm(3, r_max=r_max, d_max=d_max, warmup_steps=warmup), nn.BatchNorm2d(3)
+    ours, ref = _layer("batch_renorm", r_max=r_max, d_max=d_max, warmup_steps=warmup)(3), nn.BatchNorm2d(3)
     randomize_affine(ours, ref)
     with torch.no_grad():
         for m in (ours, ref):  # far-off running statistics: r and d would not be 1 and 0 if unclipped
@@ -321,7 +339,7 @@ def test_batch_renorm_is_bn_while_r_is_1_and_d_is_0(r_max: float, d_max: float, 
 
 @torch.no_grad()
 def test_mc_with_one_draw_of_a_fixed_batch_is_bn_with_that_batch_statistics() -> None:
-    net = _mlp(BatchNorm)
+    net = _mlp(_bn)
     net.eval()
     before = copy.deepcopy(net.state_dict())
     train_x = _input(6, 2, seed=3)
@@ -342,7 +360,7 @@ def test_mc_with_one_draw_of_a_fixed_batch_is_bn_with_that_batch_statistics() ->
 
 @torch.no_grad()
 def test_mc_draws_are_statistics_of_random_training_batches_averaged_in_probability() -> None:
-    net = _mlp(BatchNorm)
+    net = _mlp(_bn)
     with torch.no_grad():  # the first BN sees the inputs themselves
         net[0].weight.zero_()
         net[0].weight[:2, :2] = torch.eye(2)
@@ -378,7 +396,7 @@ def test_mc_draws_are_statistics_of_random_training_batches_averaged_in_probabil
 
 
 def test_switchable_norm_mixes_in_ln_and_bn_statistics_as_written() -> None:
-    layer = SwitchableNorm(6)
+    layer = SwitchableNorm(6, momentum=0.1, eps=EPS)
     randomize_affine(layer)
     assert torch.equal(layer.mean_weight.softmax(0), torch.full((3,), 1 / 3))
     with torch.no_grad():

@@ -9,10 +9,10 @@ from __future__ import annotations
 import copy
 import csv
 import math
-import subprocess
-import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,7 +22,7 @@ from torch.testing import assert_close
 from torch.utils.data import TensorDataset
 
 from harness import Norm, Splits, TaskConfig
-from harness.engine import TaskModel, build_optimizer
+from harness.engine import TaskModel
 from harness.protocol import TrialContext
 from harness_plugins.norms import harness_register_norms as register_baselines
 from harness_plugins.norms.baselines import BatchNorm
@@ -54,6 +54,21 @@ def _registered() -> dict[str, Norm]:
 
 
 NORMS = _registered()
+LAYERS = {WeightNorm: "weightnorm", AnalyticNorm: "analytic_norm", BNNoise: "bn_noise", BayesianScale: "bayesian_scale"}
+
+
+def _layer(name: str, **values: Any) -> Callable[..., nn.Module]:
+    """The ``norm_layer`` of a registered norm with these config values (its defaults otherwise)."""
+    return NORMS[name].layer(NORMS[name].config(**values))
+
+
+def _protocol(name: str, **values: Any) -> Any:
+    return NORMS[name].make_protocol(NORMS[name].config(**values))
+
+
+def _make(cls: type[nn.Module], num_features: int, **values: Any) -> nn.Module:
+    """``cls`` with these keyword values and its registered config's layer defaults for the others."""
+    return cls(num_features, **{**NORMS[LAYERS[cls]].config().layer_kwargs(), **values})
 
 
 def _ctx(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None = None, seed: int = 0) -> TrialContext:
@@ -86,21 +101,20 @@ def _digits() -> tuple[ToyTask, ToyConfig]:
 # -- registration --------------------------------------------------------------------------------
 
 
-def test_registration_imports_no_torch() -> None:
-    code = "import harness_plugins.norms.bayesian, sys; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 def test_registered_norms_and_batchnorm_projection() -> None:
     for name in FAMILY:
         norm = NORMS[name]
         assert norm.summary and "Shekhovtsov" in norm.citation and norm.dims == {"1d", "2d"}
-    assert NORMS["bayesian_scale"].params["mc_samples"].default == [10, 30]
-    assert NORMS["normbatch_bn"].params["extra"].default == 992
-    bn = NORMS["batchnorm"]
-    assert bn.params["projection"].default is False
-    assert bn.make_protocol() is None
-    assert isinstance(bn.make_protocol(projection=True), Projection)
+    assert NORMS["bayesian_scale"].config().mc_samples == [10, 30]
+    assert NORMS["normbatch_bn"].config().extra == 992
+    assert NORMS["batchnorm"].config().projection is False
+    assert _protocol("batchnorm") is None
+    assert isinstance(_protocol("batchnorm", projection=True), Projection)
+    only = {name: NORMS[name].config.protocol_only for name in (*FAMILY, "batchnorm")}
+    assert only == {"weightnorm": {"projection", "init_batch"}, "analytic_norm": {"projection"},
+                    "bn_noise": {"projection", "init_batch"},
+                    "bayesian_scale": {"projection", "init_batch", "kl_factor", "mc_samples"},
+                    "normbatch_bn": {"extra"}, "batchnorm": {"projection"}}
 
 
 @pytest.mark.parametrize(("name", "params"), [
@@ -110,7 +124,7 @@ def test_registered_norms_and_batchnorm_projection() -> None:
 @pytest.mark.parametrize("shape", [(8, 6), (4, 6, 5, 3)])
 def test_layers_on_their_own(name: str, params: dict, shape: tuple[int, ...]) -> None:
     """Shape, gradients to every parameter, state round trip and seeded determinism."""
-    make = NORMS[name].layer(**params)
+    make = _layer(name, **params)
     torch.manual_seed(0)
     layer = make(6)
     x = _inputs(*shape)
@@ -137,9 +151,9 @@ def test_layers_on_their_own(name: str, params: dict, shape: tuple[int, ...]) ->
 @pytest.mark.parametrize("dims", ["1d", "2d"])
 def test_weightnorm_output_by_hand(dims: str) -> None:
     feed = nn.Conv2d(2, 3, 3, padding=1) if dims == "2d" else nn.Linear(2, 3)
-    net = nn.Sequential(feed, WeightNorm(3))
+    net = nn.Sequential(feed, _make(WeightNorm, 3))
     shape = (20, 2, 5, 5) if dims == "2d" else (20, 2)
-    NORMS["weightnorm"].make_protocol().setup(_ctx(net, _inputs(*shape)))
+    _protocol("weightnorm").setup(_ctx(net, _inputs(*shape)))
     _randomize(net[1].weight, net[1].bias)
     w = feed.parametrizations.weight.original.detach()
     rows = w.flatten(1)
@@ -155,12 +169,12 @@ def test_weightnorm_output_by_hand(dims: str) -> None:
 
 
 @pytest.mark.parametrize("make", [
-    lambda c: WeightNorm(c), lambda c: BNNoise(c), lambda c: BayesianScale(c, base="weightnorm"),
+    lambda c: _make(WeightNorm, c), lambda c: _make(BNNoise, c), lambda c: _make(BayesianScale, c, base="weightnorm"),
 ])
 def test_weightnorm_data_init_normalizes_the_init_batch(make) -> None:  # noqa: ANN001
     net = nn.Sequential(nn.Conv2d(2, 4, 3), make(4), nn.ReLU(), nn.Conv2d(4, 3, 3), make(3))
     data = _inputs(64, 2, 7, 7)
-    protocol = NORMS["weightnorm"].make_protocol(init_batch=64)  # the whole data set is the init batch
+    protocol = _protocol("weightnorm", init_batch=64)  # the whole data set is the init batch
     protocol.setup(_ctx(net, data))
     outputs = []
     for norm in (net[1], net[4]):
@@ -183,17 +197,16 @@ def test_projection_after_a_real_optimizer_step(name: str) -> None:
     net = nn.Sequential(nn.Conv2d(2, 4, 3), norm.layer()(4), nn.ReLU(), nn.Conv2d(4, 3, 3), norm.layer()(3),
                         nn.ReLU(), nn.Flatten(), nn.Linear(27, 5))
     x, y = _inputs(16, 2, 7, 7), torch.randint(0, 5, (16,))
-    protocol = norm.make_protocol(projection=True)
+    protocol = norm.make_protocol(norm.config(projection=True))
     ctx = _ctx(net, x, y)
     protocol.setup(ctx)
     feeding = [net[0], net[3]]
     weights = [m.parametrizations.weight.original if name == "weightnorm" else m.weight for m in feeding]
-    config = TaskConfig(optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.9, "weight_decay": 0.1})
-    optimizer = build_optimizer(config, net, protocol.no_weight_decay(net))
-    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
-    assert not decayed & {id(w) for w in weights} and id(net[7].weight) in decayed
-    undecayed = [p for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]]
-    assert {id(p) for p in undecayed} == {id(w) for w in weights}
+    no_decay = {id(p) for p in protocol.no_weight_decay(net)}
+    assert no_decay == {id(w) for w in weights}, "exactly the projected weights go without weight decay"
+    groups = [{"params": [p for p in net.parameters() if p.requires_grad and id(p) not in no_decay]},
+              {"params": [p for p in net.parameters() if id(p) in no_decay], "weight_decay": 0.0}]
+    optimizer = torch.optim.SGD(groups, lr=0.5, momentum=0.9, weight_decay=0.1)
     net.train()
     for _ in range(2):
         optimizer.zero_grad()
@@ -229,11 +242,12 @@ def test_analytic_statistics_match_monte_carlo() -> None:
     independence assumptions hold (depthwise first conv, 1×1 second conv, no padding): the
     propagated statistics bound in each norm are the sampled moments of its input."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 3, 3, groups=3), AnalyticNorm(3), nn.ReLU(), nn.Conv2d(3, 4, 1), AnalyticNorm(4))
+    net = nn.Sequential(nn.Conv2d(3, 3, 3, groups=3), _make(AnalyticNorm, 3), nn.ReLU(), nn.Conv2d(3, 4, 1),
+                        _make(AnalyticNorm, 4))
     _randomize(net[1].weight, positive=True)
     _randomize(net[1].bias, seed=2)
     data = _inputs(6000, 3, 5, 5)
-    NORMS["analytic_norm"].make_protocol().setup(_ctx(net, data))
+    _protocol("analytic_norm").setup(_ctx(net, data))
     seen = {}
     for i in (0, 1, 3):
         net[i].register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, out))
@@ -308,10 +322,10 @@ def test_analytic_propagation_passes_max_pool_modules_and_functions() -> None:
             return F.max_pool2d(x, kernel_size=(2, 3), stride=1)
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), AnalyticNorm(3), nn.ReLU(inplace=True),
-                        nn.MaxPool2d(3, stride=2, padding=1), nn.Conv2d(3, 3, 1), AnalyticNorm(3), Functional(),
-                        nn.Conv2d(3, 4, 1), AnalyticNorm(4))
-    NORMS["analytic_norm"].make_protocol().setup(_ctx(net, _inputs(8, 2, 8, 8)))
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), _make(AnalyticNorm, 3), nn.ReLU(inplace=True),
+                        nn.MaxPool2d(3, stride=2, padding=1), nn.Conv2d(3, 3, 1), _make(AnalyticNorm, 3), Functional(),
+                        nn.Conv2d(3, 4, 1), _make(AnalyticNorm, 4))
+    _protocol("analytic_norm").setup(_ctx(net, _inputs(8, 2, 8, 8)))
     after_relu = relu_moments(torch.zeros(3), torch.ones(3))  # the first norm standardizes, affine at init
     pooled = max_pool_moments(after_relu, 9)
     w = net[4].weight.detach()
@@ -339,16 +353,16 @@ def test_analytic_propagation_passes_spatial_slicing_and_channel_padding() -> No
             return x[:, :2]
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), AnalyticNorm(3), Shortcut(), nn.Conv2d(6, 2, 1),
-                        AnalyticNorm(2))
-    NORMS["analytic_norm"].make_protocol().setup(_ctx(net, _inputs(8, 2, 8, 8)))
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), _make(AnalyticNorm, 3), Shortcut(), nn.Conv2d(6, 2, 1),
+                        _make(AnalyticNorm, 2))
+    _protocol("analytic_norm").setup(_ctx(net, _inputs(8, 2, 8, 8)))
     w = net[3].weight.detach()
     padded = Moments(torch.tensor([0.0, 0, 0, 0, 0, 0]), torch.tensor([0.0, 1, 1, 1, 0, 0]))
     assert_close(net[4].stats.mean.detach(), w.sum((2, 3)) @ padded.mean + net[3].bias.detach())
     assert_close(net[4].stats.var.detach(), w.square().sum((2, 3)) @ padded.var)
-    bad = nn.Sequential(nn.Conv2d(2, 3, 3), AnalyticNorm(3), Picks())
+    bad = nn.Sequential(nn.Conv2d(2, 3, 3), _make(AnalyticNorm, 3), Picks())
     with pytest.raises(UnsupportedOpError, match="keeps channels apart"):
-        NORMS["analytic_norm"].make_protocol().setup(_ctx(bad, _inputs(8, 2, 6, 6)))
+        _protocol("analytic_norm").setup(_ctx(bad, _inputs(8, 2, 6, 6)))
 
 
 def test_dataset_moments_are_float32_and_stable() -> None:
@@ -372,7 +386,7 @@ def test_analytic_gradients_flow_through_the_statistics() -> None:
     net = task.model(NORMS["analytic_norm"].layer())
     splits = task.datasets()
     x, y = splits.train.tensors[0][:32], splits.train.tensors[1][:32]
-    protocol = NORMS["analytic_norm"].make_protocol()
+    protocol = _protocol("analytic_norm")
     protocol.setup(_ctx(net, splits.train.tensors[0], splits.train.tensors[1]))
     net.train()
     F.cross_entropy(protocol.train_forward(net, x), y).backward()
@@ -393,19 +407,19 @@ def test_analytic_traces_residuals_and_names_unsupported_ops() -> None:
         def __init__(self) -> None:
             super().__init__()
             self.conv = nn.Conv2d(3, 3, 3, padding=1)
-            self.norm = AnalyticNorm(3)
+            self.norm = _make(AnalyticNorm, 3)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x + F.leaky_relu(self.norm(self.conv(x)), 0.1)
 
-    net = nn.Sequential(nn.Conv2d(2, 3, 3), AnalyticNorm(3), nn.ReLU(), Block(), nn.AvgPool2d(2), nn.Flatten(),
-                        nn.Linear(12, 4), AnalyticNorm(4))
-    NORMS["analytic_norm"].make_protocol().setup(_ctx(net, _inputs(8, 2, 6, 6)))
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), _make(AnalyticNorm, 3), nn.ReLU(), Block(), nn.AvgPool2d(2), nn.Flatten(),
+                        nn.Linear(12, 4), _make(AnalyticNorm, 4))
+    _protocol("analytic_norm").setup(_ctx(net, _inputs(8, 2, 6, 6)))
     for norm in (net[1], net[3].norm, net[7]):
         assert torch.isfinite(norm.stats.var).all() and (norm.stats.var > 0).all()
-    bad = nn.Sequential(nn.Conv2d(2, 3, 3), AnalyticNorm(3), nn.Sigmoid())
+    bad = nn.Sequential(nn.Conv2d(2, 3, 3), _make(AnalyticNorm, 3), nn.Sigmoid())
     with pytest.raises(UnsupportedOpError, match="module '2' of type Sigmoid") as refused:
-        NORMS["analytic_norm"].make_protocol().setup(_ctx(bad, _inputs(8, 2, 6, 6)))
+        _protocol("analytic_norm").setup(_ctx(bad, _inputs(8, 2, 6, 6)))
     assert "Sigmoid has no moment rule" in str(refused.value) and "supported:" in str(refused.value)
 
 
@@ -415,7 +429,7 @@ def test_analytic_traces_residuals_and_names_unsupported_ops() -> None:
 def test_bn_noise_train_and_eval() -> None:
     """Eval: x̂·s + b. Train: ((x̂ + V)·U)·s + b with one V, U per sample and channel, shared over
     positions: (y − b)/s is affine in x̂ across positions, with slope U and intercept V·U."""
-    layer = BNNoise(4, base="weightnorm", sigma_u=0.1, sigma_v=0.2)  # on its own, x̂ = x
+    layer = _make(BNNoise, 4, base="weightnorm", sigma_u=0.1, sigma_v=0.2)  # on its own, x̂ = x
     _randomize(layer.weight, positive=True)
     _randomize(layer.bias, seed=2)
     s, b = layer.weight.detach().view(1, 4, 1, 1), layer.bias.detach().view(1, 4, 1, 1)
@@ -437,7 +451,7 @@ def test_bn_noise_train_and_eval() -> None:
 
 
 def test_sigma_parametrization_and_kl() -> None:
-    layer = BayesianScale(5, prior_sigma=10.0)
+    layer = _make(BayesianScale, 5, prior_sigma=10.0)
     u = torch.tensor([-2.0, -0.5, 0.0, 0.5, 3.0])
     with torch.no_grad():
         layer.u.copy_(u)
@@ -450,13 +464,13 @@ def test_sigma_parametrization_and_kl() -> None:
     exact = torch.distributions.kl_divergence(torch.distributions.Normal(s, sigma),
                                               torch.distributions.Normal(torch.ones(5), 10.0 * torch.ones(5)))
     assert_close(layer.kl(), exact.sum())
-    assert BayesianScale(5, per="layer").u.shape == (1,)
-    assert_close(BayesianScale(5, init_sigma=0.3).sigma, torch.full((5,), 0.3))
-    assert_close(BayesianScale(5, init_sigma=2.5).sigma, torch.full((5,), 2.5))
+    assert _make(BayesianScale, 5, per="layer").u.shape == (1,)
+    assert_close(_make(BayesianScale, 5, init_sigma=0.3).sigma, torch.full((5,), 0.3))
+    assert_close(_make(BayesianScale, 5, init_sigma=2.5).sigma, torch.full((5,), 2.5))
 
 
 def test_bayesian_scale_draws_one_scale_per_sample_and_channel() -> None:
-    layer = BayesianScale(3, base="weightnorm", init_sigma=0.3)  # on its own, x̂ = x
+    layer = _make(BayesianScale, 3, base="weightnorm", init_sigma=0.3)  # on its own, x̂ = x
     _randomize(layer.weight, positive=True)
     _randomize(layer.bias, seed=2)
     s, b = layer.weight.detach(), layer.bias.detach().view(1, 3, 1, 1)
@@ -476,8 +490,8 @@ def test_kl_term_enters_the_training_loss() -> None:
     norm = NORMS["bayesian_scale"]
     params = {"base": "weightnorm", "kl_factor": 0.5}
     torch.manual_seed(0)
-    net = task.model(norm.layer(**params))
-    protocol = norm.make_protocol(**params)
+    net = task.model(norm.layer(norm.config(**params)))
+    protocol = norm.make_protocol(norm.config(**params))
     ctx = _ctx(net, splits.train.tensors[0], splits.train.tensors[1])
     protocol.setup(ctx)
     model = TaskModel(net, task, protocol, ctx)
@@ -495,7 +509,7 @@ def test_kl_term_enters_the_training_loss() -> None:
 
 def test_mc_evaluation_averages_the_softmax_of_noisy_passes() -> None:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(4, 6), BayesianScale(6, base="batchnorm", init_sigma=0.5), nn.ReLU(),
+    net = nn.Sequential(nn.Linear(4, 6), _make(BayesianScale, 6, base="batchnorm", init_sigma=0.5), nn.ReLU(),
                         nn.Linear(6, 3))
     x = _inputs(10, 4)
     net.train()
@@ -518,11 +532,11 @@ def test_mc_evaluation_averages_the_softmax_of_noisy_passes() -> None:
 
 def test_normbatch_statistics_cover_the_concatenated_batch() -> None:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(3, 4), BatchNorm(4, momentum=0.3))
+    net = nn.Sequential(nn.Linear(3, 4), BatchNorm(4, momentum=0.3, eps=1e-5))
     reference = copy.deepcopy(net)
     inputs = _inputs(40, 3)
     targets = torch.arange(40)
-    protocol = NORMS["normbatch_bn"].make_protocol(extra=12)
+    protocol = _protocol("normbatch_bn", extra=12)
     ctx = _ctx(net, inputs, targets)
     protocol.setup(ctx)
     loader = protocol.train_loader(ctx, 8)
@@ -581,9 +595,9 @@ def test_cli_run_reports_mc_metrics(tmp_path: Path) -> None:
 
 def test_protocol_factories_compose() -> None:
     """Projection goes last in a chain so that it sees the weight-normed layers' raw weights."""
-    protocol = NORMS["bayesian_scale"].make_protocol(base="weightnorm", projection=True)
+    protocol = _protocol("bayesian_scale", base="weightnorm", projection=True)
     assert isinstance(protocol.parts[-1], Projection)
-    assert [e.name for e in NORMS["bayesian_scale"].make_protocol(base="batchnorm").evaluations(None)] == [
+    assert [e.name for e in _protocol("bayesian_scale", base="batchnorm").evaluations(None)] == [
         "mc10", "mc30"]
 
 
@@ -594,7 +608,8 @@ def test_normbatch_trains_through_the_engine(tmp_path: Path) -> None:
 
     registry = load_registry()
     config = ToyConfig(dataset="digits", channels=4, epochs=1, batch_size=128)
-    request = TrialRequest(task=registry.tasks["toy"], config=config, norm=NORMS["normbatch_bn"],
-                           norm_params={"extra": 64}, seed=0, work_dir=tmp_path / "trial", data_root=tmp_path)
+    norm = NORMS["normbatch_bn"]
+    request = TrialRequest(task=registry.tasks["toy"], config=config, norm=norm, norm_config=norm.config(extra=64),
+                           seed=0, work_dir=tmp_path / "trial", data_root=tmp_path)
     result = run_trial(request)
     assert len(result.curves["train_loss"]) == 1 and 0 <= result.metrics["accuracy"] <= 1

@@ -43,7 +43,7 @@ def test_every_registered_2d_norm_is_covered() -> None:
 @pytest.mark.parametrize("norm", NORMS_2D)
 def test_norm_trains_one_step_in_model(norm: str, model: str, tmp_path) -> None:
     config = TASK.config(dataset="cifar10", batch_size=2, unlabeled_fraction=0.25, **MODELS[model])
-    result = check_pair(TASK, config, REGISTRY.norms[norm], {}, data_root=tmp_path)
+    result = check_pair(TASK, config, REGISTRY.norms[norm], data_root=tmp_path)
     assert result.failure is None, f"{norm} in {model}: {result.failure}"
     assert math.isfinite(result.loss), f"{norm} in {model}: loss {result.loss}"
     assert not result.no_grad, f"{norm} in {model}: no gradient reached {result.no_grad}"

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,8 +34,19 @@ NAMES = ("bn_fct", "rbn", "bnet", "unified_bn", "iebn")
 C = 5
 EPS = 1e-5
 
+REGISTRY = load_registry()
+LAYERS = {BatchNormFCT: "bn_fct", RepresentativeBatchNorm: "rbn", BNET: "bnet", UnifiedBatchNorm: "unified_bn",
+          InstanceEnhancementBatchNorm: "iebn"}
+
 test_conforms = conformance_tests(*NAMES)
 test_conforms_per_iteration = conformance_tests("bn_fct", "unified_bn", params={"latch": "iteration"})
+
+
+def _make(cls: type[nn.Module], num_features: int, **values: object) -> nn.Module:
+    """``cls`` with these keyword values and its registered config's defaults for the others (values
+    the config would refuse, such as fct = 1.5 for "never", included)."""
+    defaults = REGISTRY.norms[LAYERS[cls]].config().layer_kwargs()
+    return cls(num_features, **{**defaults, **values})
 
 
 def _randomize(layer: nn.Module, seed: int = 1) -> None:
@@ -88,24 +97,20 @@ def _sigmoid(z: float) -> float:
 
 
 # -- registration ------------------------------------------------------------------------------
-def test_registration_imports_no_torch() -> None:
-    code = "import harness_plugins.norms.unified, sys; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 def test_every_norm_is_registered_with_its_facts() -> None:
-    norms = load_registry().norms
+    norms = REGISTRY.norms
     assert all(norms[n].summary and norms[n].citation and norms[n].reference for n in NAMES)
     assert norms["bnet"].dims == norms["unified_bn"].dims == {"2d"}
     assert norms["rbn"].dims == norms["iebn"].dims == norms["bn_fct"].dims == {"1d", "2d"}
     for name in ("bn_fct", "unified_bn"):
-        params = norms[name].params
-        assert params["fct"].default == 0.15 and params["fct"].searchable
-        assert params["beta"].default == 0.1 and params["momentum"].default == 0.1
-        assert params["latch"].choices == ("epoch", "iteration") and params["latch"].default == "epoch"
-        assert params["warmup_epochs"].default == 1
+        config = norms[name].config
+        defaults = config()
+        assert defaults.fct == 0.15 and "fct" in config.search_space()
+        assert defaults.beta == 0.1 and defaults.momentum == 0.1 and defaults.warmup_epochs == 1
+        assert config.search_space()["latch"] == ("epoch", "iteration") and defaults.latch == "epoch"
+        assert config.protocol_only == frozenset(), "the rule's parameters are all the layer's"
         assert norms[name].make_protocol() is not None
-    assert norms["unified_bn"].params["kernel_size"].default == 3
+    assert norms["unified_bn"].config().kernel_size == norms["bnet"].config().kernel_size == 3
 
 
 # -- feature condensation ----------------------------------------------------------------------
@@ -129,7 +134,7 @@ def test_condensation_of_identical_samples_is_one_and_a_zero_sample_counts_as_di
 
 
 def test_the_running_threshold_starts_at_the_first_batch_and_moves_by_beta() -> None:
-    layer = BatchNormFCT(4, beta=0.25).train()
+    layer = _make(BatchNormFCT, 4, beta=0.25).train()
     a, b = channel_varied_input(8, 4, 3, 3, seed=5), channel_varied_input(8, 4, 3, 3, seed=6)
     layer(a)
     assert_close(layer.tau, condensation(a))
@@ -146,11 +151,11 @@ def _train_epochs(fct: float, epochs: int) -> tuple[BatchNormFCT, list[dict[str,
     """A small CNN with bn_fct on random images, trained a few epochs with the registered
     protocol called at each epoch start; what the norm layer did in each epoch."""
     torch.manual_seed(0)
-    norm = load_registry().norms["bn_fct"]
-    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), norm.layer(fct=fct)(4), nn.ReLU(),
+    norm = REGISTRY.norms["bn_fct"]
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), _make(BatchNormFCT, 4, fct=fct), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
     layer = net[1]
-    protocol = norm.make_protocol(fct=fct)
+    protocol = norm.make_protocol()
     data = TensorDataset(channel_varied_input(48, 2, 6, 6, seed=7), torch.arange(48) % 3)
     loader = DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
@@ -198,7 +203,7 @@ def _spread(seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("cls", [BatchNormFCT, UnifiedBatchNorm])
 def test_per_iteration_latch_follows_the_threshold_batch_by_batch(cls: type[FeatureCondensationNorm]) -> None:
-    layer = cls(3, fct=0.5, beta=0.5, latch="iteration").train()
+    layer = _make(cls, 3, fct=0.5, beta=0.5, latch="iteration").train()
     layer.latch_epoch(0)
     layer(_spread(0))
     assert layer.batch_stats, "epoch 0 always uses batch statistics"
@@ -215,7 +220,7 @@ def test_per_iteration_latch_follows_the_threshold_batch_by_batch(cls: type[Feat
 
 
 def test_per_epoch_latch_holds_within_the_epoch() -> None:
-    layer = BatchNormFCT(3, fct=0.5, beta=0.5).train()
+    layer = _make(BatchNormFCT, 3, fct=0.5, beta=0.5).train()
     layer(_spread(1))
     layer.latch_epoch(1)
     assert not layer.batch_stats
@@ -229,19 +234,19 @@ def test_per_epoch_latch_holds_within_the_epoch() -> None:
 
 
 def test_warmup_epochs_set_how_long_batch_statistics_are_forced() -> None:
-    longer = BatchNormFCT(3, fct=1.5, warmup_epochs=2).train()
+    longer = _make(BatchNormFCT, 3, fct=1.5, warmup_epochs=2).train()
     longer(_spread(1))
     longer.latch_epoch(1)
     assert longer.batch_stats
     longer.latch_epoch(2)
     assert not longer.batch_stats
-    assert not BatchNormFCT(3, fct=1.5, warmup_epochs=0).batch_stats, "no warm-up: the rule from the start"
+    assert not _make(BatchNormFCT, 3, fct=1.5, warmup_epochs=0).batch_stats, "no warm-up: the rule from the start"
 
 
 # -- formulas at random parameter values -------------------------------------------------------
 @pytest.mark.parametrize("shape", [(6, C, 4, 5), (10, C)])
 def test_rbn_formula(shape: tuple[int, ...]) -> None:
-    layer = RepresentativeBatchNorm(C).train()
+    layer = _make(RepresentativeBatchNorm, C).train()
     _randomize(layer)
     x = channel_varied_input(*shape, seed=11)
     centered = x + _c(layer.center_weight, x) * _gap(x)
@@ -258,7 +263,7 @@ def test_rbn_formula(shape: tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize("shape", [(6, C, 4, 5), (10, C)])
 def test_iebn_formula(shape: tuple[int, ...]) -> None:
-    layer = InstanceEnhancementBatchNorm(C).train()
+    layer = _make(InstanceEnhancementBatchNorm, C).train()
     _randomize(layer)
     x = channel_varied_input(*shape, seed=12)
     x_hat, _, _ = _batch_normalize(x)
@@ -268,7 +273,7 @@ def test_iebn_formula(shape: tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize("kernel_size", [3, 5])
 def test_bnet_formula(kernel_size: int) -> None:
-    layer = BNET(C, kernel_size=kernel_size).train()
+    layer = _make(BNET, C, kernel_size=kernel_size).train()
     _randomize(layer)
     x = channel_varied_input(6, C, 5, 4, seed=13)
     x_hat, _, _ = _batch_normalize(x)
@@ -284,7 +289,7 @@ def _unified_expected(layer: UnifiedBatchNorm, x: torch.Tensor, stats: tuple[tor
 
 
 def test_unified_bn_formula_with_batch_and_with_running_statistics() -> None:
-    layer = UnifiedBatchNorm(C, fct=1.5).train()
+    layer = _make(UnifiedBatchNorm, C, fct=1.5).train()
     _randomize(layer)
     x = channel_varied_input(6, C, 5, 4, seed=14)
     assert_close(layer(x), _unified_expected(layer, x, None))
@@ -301,7 +306,7 @@ def test_unified_bn_formula_with_batch_and_with_running_statistics() -> None:
 
 
 def test_bn_fct_formula_in_training_and_eval() -> None:
-    layer = BatchNormFCT(C, momentum=0.3).train()
+    layer = _make(BatchNormFCT, C, momentum=0.3).train()
     _randomize(layer)
     x = channel_varied_input(6, C, 3, 3, seed=16)
     x_hat, mean, var = _batch_normalize(x)
@@ -323,7 +328,7 @@ def test_gradients_to_the_input_and_every_parameter_are_exact(cls: type[nn.Modul
     """The backward of the fused per-sample affine (the moments differentiated in one pass, the
     coefficient algebra by autograd) against float64 finite differences, with batch statistics
     (training) and with running ones (eval)."""
-    layer = cls(3, dtype=torch.float64)
+    layer = _make(cls, 3, dtype=torch.float64)
     _randomize(layer)
     with torch.no_grad():
         layer.running_mean.uniform_(-1, 1)
@@ -350,23 +355,24 @@ def test_gradients_to_the_input_and_every_parameter_are_exact(cls: type[nn.Modul
     ("iebn", _sigmoid(-1.0), [(6, C, 4, 4), (8, C)]),
 ])
 def test_a_fresh_layer_is_scaled_batch_norm(name: str, scale: float, shapes: list[tuple[int, ...]]) -> None:
-    norm = load_registry().norms[name]
+    norm = REGISTRY.norms[name]
     for shape in shapes:
         x = channel_varied_input(*shape, seed=17)
         layer = norm.layer()(C).train()
         assert_close(layer(x), _batch_normalize(x)[0] * scale)
-        assert_close(resolve(norm.reference)(C).train()(x), _batch_normalize(x)[0] * scale)
+        reference = resolve(norm.reference)(C, **norm.config().layer_kwargs())
+        assert_close(reference.train()(x), _batch_normalize(x)[0] * scale)
 
 
 # -- refusals ----------------------------------------------------------------------------------
 def test_refusals_are_value_errors_that_say_why() -> None:
-    for layer in (BNET(C), UnifiedBatchNorm(C)):
+    for layer in (_make(BNET, C), _make(UnifiedBatchNorm, C)):
         with pytest.raises(ValueError, match="N×C×H×W"):
             layer(channel_varied_input(4, C))
     with pytest.raises(ValueError, match="odd"):
-        BNET(C, kernel_size=2)
+        _make(BNET, C, kernel_size=2)
     with pytest.raises(ValueError, match="latch"):
-        BatchNormFCT(C, latch="step")
+        _make(BatchNormFCT, C, latch="step")
 
 
 # -- end to end --------------------------------------------------------------------------------
@@ -424,9 +430,10 @@ def test_a_digits_suite_with_unified_bn_runs_through_the_cli(tmp_path: Path) -> 
 
 def test_latch_protocol_reports_whether_the_rule_engaged() -> None:
     """The protocol's metrics say how many layer-epochs ran on running statistics."""
-    from harness_plugins.norms.unified.layers import BatchNormFCT, CondensationLatch
+    from harness_plugins.norms.unified.layers import CondensationLatch
 
-    net = torch.nn.Sequential(BatchNormFCT(4, fct=2.0), BatchNormFCT(4, fct=-1.0))  # never / always condensed
+    never, always = _make(BatchNormFCT, 4, fct=2.0), _make(BatchNormFCT, 4, fct=-1.0)
+    net = torch.nn.Sequential(never, always)
     protocol = CondensationLatch()
     net.train()
     for epoch in range(3):
@@ -443,7 +450,7 @@ def test_half_precision_input_is_normalized_with_float32_statistics() -> None:
     x = channel_varied_input(8, C, 4, 4, seed=22)
     for name in ("rbn", "iebn", "unified_bn"):
         torch.manual_seed(0)
-        layer = load_registry().norms[name].layer()(C).train()
+        layer = REGISTRY.norms[name].layer()(C).train()
         _randomize(layer)
         reference = layer(x.bfloat16().float())
         low = x.bfloat16().requires_grad_()

@@ -87,7 +87,7 @@ def test_a_suite_loads_a_local_plugin_file(workdir: Path) -> None:
     """)
     result = run_cli("check", str(bad), cwd=workdir)
     assert result.returncode == 2
-    assert "norm[2].factr: norm 'scaled_bn' has no parameter 'factr'; known: factor" in result.stderr
+    assert "norm[2].factr: unknown key (did you mean 'factor'?); allowed: factor" in result.stderr
 
 
 def test_a_local_plugin_file_that_fails_to_import(workdir: Path) -> None:
@@ -96,6 +96,24 @@ def test_a_local_plugin_file_that_fails_to_import(workdir: Path) -> None:
     result = run_cli("check", str(suite), cwd=workdir)
     assert result.returncode == 2
     assert "plugins[1]: plugin file 'broken.py' failed to load: ModuleNotFoundError" in result.stderr
+
+
+@pytest.mark.parametrize("module", ["harness_plugins.norms", "harness_plugins.norms.unified",
+                                    "harness_plugins.norms.bayesian", "harness_plugins.norms.batchstats",
+                                    "harness_plugins.tasks.toy", "harness_plugins.tasks.classification"])
+def test_registration_imports_no_torch(module: str) -> None:
+    """Each built-in entry point registers without torch, mmengine or timm (``harness list`` and
+    ``harness check`` stay fast): the modules are imported on first use inside a trial."""
+    code = (f"import sys, {module}; heavy = {{'torch', 'mmengine', 'timm'}} & set(sys.modules); "
+            "assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_registration_check_sees_torch() -> None:
+    """The check above can fail: a module that imports torch is caught."""
+    code = "import sys, harness_plugins.norms.baselines; assert not {'torch'} & set(sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode != 0
 
 
 def test_listing_and_checking_import_no_torch(workdir: Path) -> None:
@@ -107,3 +125,15 @@ def test_listing_and_checking_import_no_torch(workdir: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir)
     assert result.returncode == 0, result.stderr
 
+
+
+def test_listing_one_norm_shows_its_config(workdir: Path) -> None:
+    """``harness list norms NAME`` reads the norm's config model: keys, defaults, bounds, search ranges."""
+    result = run_cli("list", "norms", "batchnorm", cwd=workdir, env={"COLUMNS": "250"})
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in result.stdout.splitlines() if line.startswith("│") and line.split("│")[1].strip()}
+    assert rows["momentum"][:4] == ["float", "0.1", "> 0 ≤ 1", "0.01..0.5 log"], rows
+    assert rows["projection"][:2] == ["bool", "False"] and "projection" in result.stdout.splitlines()[-1]
+    unknown = run_cli("list", "norms", "batchnrom", cwd=workdir)
+    assert unknown.returncode == 2 and "unknown norm 'batchnrom' (did you mean 'batchnorm'" in unknown.stderr

@@ -147,8 +147,8 @@ def test_the_check_is_seeded_restores_the_random_state_and_leaves_cuda_alone(
     np.random.seed(123)
     random.seed(123)
     states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
-    first = check_pair(task, config, registry.norms["batchnorm"], {}, data_root=tmp_path)
-    second = check_pair(task, config, registry.norms["batchnorm"], {}, data_root=tmp_path)
+    first = check_pair(task, config, registry.norms["batchnorm"], data_root=tmp_path)
+    second = check_pair(task, config, registry.norms["batchnorm"], data_root=tmp_path)
     assert first.failure is None and first.loss == second.loss
     assert torch.equal(torch.get_rng_state(), states[0])
     assert (np.random.get_state()[1] == states[1]).all() and random.getstate() == states[2]
@@ -160,7 +160,7 @@ def test_a_backward_failure_is_named(tmp_path: Path) -> None:
     registry = _registry()
     registry.load_file(plugin)
     task = registry.tasks["toy"]
-    result = check_pair(task, task.config(dataset="digits"), registry.norms["backward_boom"], {}, data_root=tmp_path)
+    result = check_pair(task, task.config(dataset="digits"), registry.norms["backward_boom"], data_root=tmp_path)
     failure = result.failure
     assert failure is not None and failure.stage == "the backward (op _BoomBackward)", failure
     assert failure.layer == "7 (BackwardBoom)" and "no gradient here" in failure.reason  # the digits CNN's last norm
@@ -196,7 +196,7 @@ def harness_register_norms(register):
     registry.load_file(plugin)
     task = registry.tasks["classification"]
     config = task.config(dataset="cifar10", model="resnet18", image_size=64, resize=64)
-    failure = check_pair(task, config, registry.norms["view_norm"], {}, data_root=tmp_path).failure
+    failure = check_pair(task, config, registry.norms["view_norm"], data_root=tmp_path).failure
     assert failure is not None and failure.stage == "the forward"
     assert failure.layer == "act1 (ReLU), after the norm bn1 (ViewNorm)", failure
 
@@ -207,7 +207,8 @@ def test_a_task_without_example_batch_is_checked_on_its_data(tmp_path: Path, mon
     monkeypatch.delattr(ToyTask, "example_batch")
     registry = _registry()
     task = registry.tasks["toy"]
-    result = check_pair(task, task.config(dataset="digits"), registry.norms["groupnorm"], {"groups": 4},
+    result = check_pair(task, task.config(dataset="digits"), registry.norms["groupnorm"],
+                        registry.norms["groupnorm"].config(groups=4),
                         data_root=tmp_path)
     assert result.failure is None and np.isfinite(result.loss)
 
@@ -232,7 +233,7 @@ def harness_register_norms(register):
     registry = _registry()
     registry.load_file(plugin)
     task = registry.tasks["toy"]
-    failure = check_pair(task, task.config(dataset="digits"), registry.norms["nan_now"], {}, data_root=tmp_path).failure
+    failure = check_pair(task, task.config(dataset="digits"), registry.norms["nan_now"], data_root=tmp_path).failure
     assert failure is not None and failure.layer == "1 (NanNow)" and "not finite" in failure.reason, failure
     assert failure.stage.startswith("the forward")
 

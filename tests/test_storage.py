@@ -45,7 +45,7 @@ def test_claims_are_exclusive_and_run_out(book: TrialBook) -> None:
 def test_a_seed_enqueued_twice_runs_once(book: TrialBook) -> None:
     book.sync()
     study = book.study(book.plans[0])
-    study.enqueue_trial({}, user_attrs={"seed": 0, "phase": "final", "resume": False})  # a racing worker
+    study.enqueue_trial({}, user_attrs={"seed": 0, "resume": False})  # a racing worker
     claimed = [book.claim() for _ in range(4)]
     assert sorted(c.seed for c in claimed if c) == [0, 1, 2]
     dropped = [t for t in study.get_trials() if t.user_attrs.get("fail_kind") == "duplicate"]

@@ -13,17 +13,19 @@ CASES = {
     "malformed TOML": ('[suite\nname = "x"\n', None, "not valid TOML"),
     "unknown top-level key": ("", "colour = 'red'\n", "colour: unknown key"),
     "unknown suite key": ("", None, "suite.seed: unknown key"),
-    "unknown task key": ("", None, "task.epoch: unknown key"),
+    "unknown task key": ("", None, "task.epoch: unknown key (did you mean 'epochs'?)"),
     "unknown norm": ("", None, "norm[2].use: unknown norm 'batchnrom'"),
-    "unknown norm parameter": ("", None, "norm[2].group: norm 'groupnorm' has no parameter 'group'"),
+    "unknown norm parameter": ("", None, "norm[2].group: unknown key (did you mean 'groups'?); allowed: eps, groups"),
+    "norm parameter of the wrong type": ("", None, 'norm[2].momentum: Input should be a valid number (got "0.1")'),
+    "norm parameter out of range": ("", None, "norm[2].eps: Input should be greater than 0 (got 0)"),
     "wrong type": ("", None, "task.epochs: Input should be a valid integer"),
-    "unknown task": ("", None, "task.use: unknown task 'toys'"),
+    "unknown task": ("", None, "task.use: unknown task 'toys' (did you mean 'toy'?)"),
     "metric the task lacks": ("", None, "suite.metric: task 'toy' has no metric 'top1'"),
     "baseline not among norms": ("", None, "suite.baseline: 'groupnorm' is not one of the suite's norms"),
     "norm that does not fit the task": ("", None, "norm[2].use: norm 'instancenorm' does not support 1d"),
     "same norm twice without label": ("", None, "norm[2].label: label 'batchnorm' is already used"),
     "missing plugin file": ("", None, "plugins[1]: plugin file 'nope.py' not found"),
-    "parameter outside its choices": ("", None, "norm[2].groups: 3 is not allowed"),
+    "parameter outside its choices": ("", None, "norm[2].groups: Input should be 1, 2, 4, 8, 16 or 32 (got 3)"),
 }
 
 
@@ -37,6 +39,9 @@ def make_bad_suite(directory: Path, case: str) -> Path:
         "unknown task key": lambda t: t.replace("epochs = 2", "epoch = 2"),
         "unknown norm": lambda t: t + '\n[[norm]]\nuse = "batchnrom"\n',
         "unknown norm parameter": lambda t: t + '\n[[norm]]\nuse = "groupnorm"\ngroup = 4\n',
+        "norm parameter of the wrong type":
+            lambda t: t + '\n[[norm]]\nuse = "batchnorm"\nlabel = "bn2"\nmomentum = "0.1"\n',
+        "norm parameter out of range": lambda t: t + '\n[[norm]]\nuse = "batchnorm"\nlabel = "bn2"\neps = 0\n',
         "wrong type": lambda t: t.replace("epochs = 2", 'epochs = "three"'),
         "unknown task": lambda t: t.replace('use = "toy"', 'use = "toys"'),
         "metric the task lacks": lambda t: t.replace('metric = "accuracy"', 'metric = "top1"'),
@@ -70,7 +75,11 @@ def test_every_problem_is_reported_at_once(workdir: Path) -> None:
     suite.write_text(suite.read_text().replace("epochs = 2", "epochs = 0") + "\ngroup = 2\n")
     result = run_cli("check", str(suite), cwd=workdir)
     assert result.returncode == 2
-    assert "task.epochs" in result.stderr
+    prefix = f"error: {suite}: "
+    keys = [line[len(prefix):].split(":")[0] for line in result.stderr.splitlines() if line.startswith(prefix)]
+    assert keys == ["task.epochs", "norm[2].use", "norm[3].group"], result.stderr
+    assert "unknown norm 'batchnrom' (did you mean 'batchnorm'" in result.stderr
+    assert "unknown key (did you mean 'groups'?)" in result.stderr
 
 
 def test_missing_suite_file(workdir: Path) -> None:

@@ -10,6 +10,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -223,6 +224,7 @@ def test_trials_start_from_the_fork_server_and_rebuild_local_plugins(tmp_path: P
     """The worker's own trial path, in this process: a trial process is not a fork of the worker
     (whose state, a CUDA context on a GPU machine, it must not inherit), and the suite's local
     plugin file (whose classes cannot be pickled by name) is loaded again inside it."""
+    from harness.events import EpochEnd, RunEvents
     from harness.worker import START_METHOD, WorkerOptions, work
 
     assert START_METHOD == "forkserver"
@@ -235,12 +237,22 @@ def test_trials_start_from_the_fork_server_and_rebuild_local_plugins(tmp_path: P
     book = TrialBook(open_storage(f"sqlite:///{tmp_path / 'storage.db'}"), plans)
     options = WorkerOptions(runs_dir=tmp_path / "runs", data_root=tmp_path / "data", suite_path=path, threads=1,
                             gpus=visible_gpus())
-    events: list[str] = []
-    assert work(book, options, lambda kind, info: events.append(info.get("event", kind))) == 1
+    class Recorder(RunEvents):
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def device_chosen(self, plan: Any, seed: int, device: str) -> None:
+            self.seen.append(device)
+
+        def epoch_ended(self, plan: Any, seed: int, end: EpochEnd) -> None:
+            self.seen.append(f"epoch {end.epoch}/{end.epochs}")
+
+    recorder = Recorder()
+    assert work(book, options, recorder) == 1
     (trial,) = list(book.trials(plans[0]))
     assert trial.state.name == "COMPLETE", trial.user_attrs
     assert trial.user_attrs["device"] == "cuda:0"
-    assert "epoch" in events, "progress events come back from the trial process"
+    assert recorder.seen == ["cuda:0", "epoch 1/1"], "the device, then the trial process's epochs, come back"
     (entry,) = records(record).values()
     assert entry["visible"] == "0"
     assert entry["ppid"] != os.getpid(), "the trial was forked from the worker"

@@ -13,13 +13,13 @@ each test sample is scored exactly once.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from harness.protocol import Evaluation, NormProtocol, TrialContext, dataset_labels
+from harness.protocol import Evaluation, NormProtocol, TrialContext
+from harness_plugins.norms.batchstats import BalancedBNConfig
 
 from .common import batch_statistics
 
@@ -110,7 +110,7 @@ class BalancedEvaluation(Evaluation):
 
     def loader(self, ctx: TrialContext, dataset: Dataset, batch_size: int) -> DataLoader:
         generator = torch.Generator().manual_seed(ctx.seed)
-        batches = balanced_batches(dataset_labels(dataset), generator)
+        batches = balanced_batches(ctx.labels(dataset), generator)
         self._own, self._next = [own for _, own in batches], 0
         return DataLoader(_Batches(dataset, batches), batch_size=None, shuffle=False)
 
@@ -132,5 +132,6 @@ class BalancedProtocol(NormProtocol):
         return [BalancedEvaluation()]
 
 
-def protocol(**_: Any) -> BalancedProtocol:
+def protocol(config: BalancedBNConfig) -> BalancedProtocol:
+    """The protocol of ``balanced_bn``, whose parameters (momentum, eps) are all the layer's."""
     return BalancedProtocol()

@@ -17,19 +17,16 @@ from harness_plugins.norms.baselines import BatchNorm
 BN_LAYERS = _BatchNorm
 
 
-def batchnorm_reference(num_features: int, momentum: float = 0.1, eps: float = 1e-5, **kwargs: Any) -> BatchNorm:
-    """Plain BN with the norm's momentum and eps: the module a fresh layer must match in training."""
-    return BatchNorm(num_features, momentum=momentum, eps=eps, **kwargs)
+def batchnorm_reference(num_features: int, *, momentum: float, eps: float, **layer_only: Any) -> BatchNorm:
+    """Plain BN with the norm's momentum and eps: the module a fresh layer must match in training.
+    The layer's other parameters (``stats_grad``, renorm's limits, which ramp from BN's) do not
+    change what a fresh layer computes, so the reference takes and leaves them."""
+    return BatchNorm(num_features, momentum=momentum, eps=eps)
 
 
 def reduce_dims(x: torch.Tensor) -> tuple[int, ...]:
     """The dims batch statistics reduce over: every dim but the channel dim 1."""
     return (0, *range(2, x.dim()))
-
-
-def per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A per-channel vector shaped to broadcast against ``x`` (1×C or 1×C×1×1)."""
-    return v.reshape(1, -1, *([1] * (x.dim() - 2)))
 
 
 def check_batch(x: torch.Tensor, name: str) -> int:

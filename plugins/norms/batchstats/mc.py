@@ -5,13 +5,14 @@ batch. Training is plain BN; this is an evaluation protocol."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from harness.protocol import Evaluation, NormProtocol, TrialContext, mean_probability
+from harness.protocol import Evaluation, NormProtocol, TrialContext
+from harness_plugins.common.metrics import mean_probability
+from harness_plugins.norms.batchstats import MCBatchNormConfig
 
 from .common import BN_LAYERS, batch_statistics, reduce_dims
 
@@ -98,12 +99,12 @@ class MCBatchNormEvaluation(Evaluation):
 class MCBatchNormProtocol(NormProtocol):
     """Plain BN training; adds the ``mc`` evaluation."""
 
-    def __init__(self, mc_samples: int = 16) -> None:
+    def __init__(self, mc_samples: int) -> None:
         self.mc_samples = mc_samples
 
     def evaluations(self, ctx: TrialContext) -> Sequence[Evaluation]:
         return [MCBatchNormEvaluation(self.mc_samples)]
 
 
-def protocol(mc_samples: int = 16, **_: Any) -> MCBatchNormProtocol:
-    return MCBatchNormProtocol(mc_samples=mc_samples)
+def protocol(config: MCBatchNormConfig) -> MCBatchNormProtocol:
+    return MCBatchNormProtocol(mc_samples=config.mc_samples)

@@ -3,11 +3,10 @@ running statistics, so that training and inference normalize alike."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
+from harness_plugins.common.channels import Device
 from harness_plugins.norms.baselines import BatchNorm
 from harness_plugins.norms.ops import batch_channel_moments
 
@@ -31,12 +30,12 @@ class BatchRenorm(BatchNorm):
     included: the training step never synchronises with the host.
     """
 
-    def __init__(self, num_features: int, r_max: float = 3.0, d_max: float = 5.0, warmup_steps: int = 1000,
-                 momentum: float = 0.1, eps: float = 1e-5, **kwargs: Any) -> None:
+    def __init__(self, num_features: int, *, r_max: float, d_max: float, warmup_steps: int, momentum: float,
+                 eps: float, device: Device = None, dtype: torch.dtype | None = None) -> None:
         if r_max < 1 or d_max < 0 or warmup_steps < 0:
             raise ValueError(f"batch_renorm needs r_max >= 1, d_max >= 0, warmup_steps >= 0; "
                              f"got {r_max}, {d_max}, {warmup_steps}")
-        super().__init__(num_features, momentum=momentum, eps=eps, **kwargs)
+        super().__init__(num_features, momentum=momentum, eps=eps, device=device, dtype=dtype)
         self.r_max = r_max
         self.d_max = d_max
         self.warmup_steps = warmup_steps

@@ -3,11 +3,10 @@ layer and batch statistics."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
+from harness_plugins.common.channels import Device, affine_parameters, per_channel, register_running_stats
 from harness_plugins.norms.ops import batch_moments, moment_norm
 
 __all__ = ["SwitchableNorm"]
@@ -25,18 +24,16 @@ class SwitchableNorm(nn.Module):
     needs spatial positions.
     """
 
-    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, **kwargs: Any) -> None:
+    def __init__(self, num_features: int, *, momentum: float, eps: float, device: Device = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        factory = {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}
         self.num_features = num_features
         self.momentum = momentum
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_features, **factory))
-        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-        self.mean_weight = nn.Parameter(torch.ones(3, **factory))
-        self.var_weight = nn.Parameter(torch.ones(3, **factory))
-        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-        self.register_buffer("running_var", torch.ones(num_features, **factory))
+        self.weight, self.bias = affine_parameters(num_features, device=device, dtype=dtype)
+        self.mean_weight = nn.Parameter(torch.ones(3, device=device, dtype=dtype))
+        self.var_weight = nn.Parameter(torch.ones(3, device=device, dtype=dtype))
+        register_running_stats(self, num_features, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
@@ -61,9 +58,9 @@ def _coefficients(mean_in: torch.Tensor, var_in: torch.Tensor, mean_weight: torc
     if batch_stats:
         mean_bn, var_bn = batch_moments(mean_in, var_in)
     else:
-        mean_bn, var_bn = (t.view(1, -1, 1, 1).to(mean_in.dtype) for t in (running_mean, running_var))
+        mean_bn, var_bn = (per_channel(t, mean_in).to(mean_in.dtype) for t in (running_mean, running_var))
     wm, wv = mean_weight.softmax(0), var_weight.softmax(0)
     mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
     var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
-    a = (var + eps).rsqrt() * weight.view(1, -1, 1, 1)
-    return a, bias.view(1, -1, 1, 1) + (mean_in - mean) * a
+    a = (var + eps).rsqrt() * per_channel(weight, mean_in)
+    return a, per_channel(bias, mean_in) + (mean_in - mean) * a

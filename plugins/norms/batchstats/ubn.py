@@ -11,7 +11,7 @@ normalize ``x`` with labeled-only statistics.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,31 +19,31 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from harness.protocol import NormProtocol, TrialContext
+from harness_plugins.common.channels import Device
 from harness_plugins.norms.baselines import BatchNorm
+from harness_plugins.norms.batchstats import StatsGrad, UBNConfig
 from harness_plugins.norms.ops import batch_channel_moments
 
 from .common import check_batch
 
 __all__ = ["UnlabeledStream", "UnsupervisedBatchNorm", "UnsupervisedProtocol", "protocol"]
 
-StatsGrad = Literal["detach", "full"]
-
 
 class UnsupervisedBatchNorm(BatchNorm):
     """BN whose training statistics the protocol computes over ``[x_labeled; x_unlabeled]``.
 
-    ``stats_grad="detach"`` (default, the paper's "disentangled" reading: the statistics are
+    ``stats_grad="detach"`` (the default, the paper's "disentangled" reading: the statistics are
     set in a step of their own, the weights updated in the next) treats the batch mean and
     variance as constants in backward; ``"full"`` back-propagates through them as BN does.
     Either way the forward values and the running-statistics update are BN's. Eval: running
     statistics.
     """
 
-    def __init__(self, num_features: int, stats_grad: StatsGrad = "detach", momentum: float = 0.1,
-                 eps: float = 1e-5, **kwargs: Any) -> None:
+    def __init__(self, num_features: int, *, stats_grad: StatsGrad, momentum: float, eps: float,
+                 device: Device = None, dtype: torch.dtype | None = None) -> None:
         if stats_grad not in ("detach", "full"):
             raise ValueError(f"stats_grad must be 'detach' or 'full'; got {stats_grad!r}")
-        super().__init__(num_features, momentum=momentum, eps=eps, **kwargs)
+        super().__init__(num_features, momentum=momentum, eps=eps, device=device, dtype=dtype)
         self.stats_grad = stats_grad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +110,7 @@ class UnsupervisedProtocol(NormProtocol):
     ``ratio = 0`` keeps the standard loader: UBN with an empty unlabeled batch is BN.
     """
 
-    def __init__(self, ratio: int = 8) -> None:
+    def __init__(self, ratio: int) -> None:
         if ratio < 0:
             raise ValueError(f"ratio must be >= 0; got {ratio}")
         self.ratio = ratio
@@ -133,5 +133,5 @@ class UnsupervisedProtocol(NormProtocol):
         return out[: len(inputs)]
 
 
-def protocol(ratio: int = 8, **_: Any) -> UnsupervisedProtocol:
-    return UnsupervisedProtocol(ratio=ratio)
+def protocol(config: UBNConfig) -> UnsupervisedProtocol:
+    return UnsupervisedProtocol(ratio=config.ratio)

@@ -9,26 +9,79 @@ norms never imports torch: they live in :mod:`.layers`, their protocols in :mod:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated, ClassVar, Literal
 
-from harness import Norm, Param, hookimpl
+from pydantic import Field
+
+from harness import Norm, NormConfig, Search, hookimpl
+from harness_plugins.common.params import EpsConfig, ProjectionConfig, RunningStatsConfig
 
 _LAYERS = "harness_plugins.norms.bayesian.layers"
 _PROTOCOLS = "harness_plugins.norms.bayesian.protocols"
 CITATION = "Shekhovtsov & Flach, Stochastic Normalizations as Bayesian Learning, ACCV 2018"
 _DIMS = frozenset({"1d", "2d"})
 
-
-def _projection() -> Param:
-    return Param(False, help="project every weight feeding a norm onto ‖w‖ = 1 after each optimizer step "
-                 "(no weight decay on them)", choices=(False, True))
-
-
-def _init_batch() -> Param:
-    return Param(128, help="training inputs in the data-dependent init pass of weight normalization (paper: 128)")
+#: The deterministic norms a stochastic head (BN-like noise) can follow.
+DeterministicBase = Literal["weightnorm", "analytic_norm"]
+_NOISE_SIGMA = Search(0.005, 0.5, log=True)
 
 
-def _eps() -> Param:
-    return Param(1e-5, help="added to the variance")
+class InitBatchConfig(NormConfig):
+    """``init_batch``: the batch of weight normalization's data-dependent init, run by the protocol."""
+
+    protocol_only: ClassVar[frozenset[str]] = frozenset({"init_batch"})
+
+    init_batch: int = Field(
+        128, ge=2, description="training inputs in the data-dependent init pass of weight normalization (paper: 128)"
+    )
+
+
+class WeightNormConfig(EpsConfig, ProjectionConfig, InitBatchConfig):
+    """``weightnorm``: eps, projection and the init batch."""
+
+
+class AnalyticNormConfig(EpsConfig, ProjectionConfig):
+    """``analytic_norm``: eps and projection."""
+
+
+class BNNoiseConfig(EpsConfig, ProjectionConfig, InitBatchConfig):
+    """``bn_noise``: the deterministic norm it follows and the two noise levels."""
+
+    base: DeterministicBase = Field("weightnorm", description="the deterministic norm")
+    sigma_u: Annotated[float, _NOISE_SIGMA] = Field(
+        0.035, gt=0, description="std of the multiplicative noise U ~ N(1, σ_U²)"
+    )
+    sigma_v: Annotated[float, _NOISE_SIGMA] = Field(0.05, gt=0, description="std of the additive noise V ~ N(0, σ_V²)")
+
+
+class BayesianScaleConfig(RunningStatsConfig, ProjectionConfig, InitBatchConfig):
+    """``bayesian_scale``: the base norm, the variational scale and its prior, the KL weight and the
+    Monte-Carlo evaluations (``momentum`` is the batchnorm base's)."""
+
+    protocol_only: ClassVar[frozenset[str]] = frozenset({"kl_factor", "mc_samples"})
+
+    base: Literal["weightnorm", "analytic_norm", "batchnorm"] = Field("weightnorm", description="the norm giving x̂")
+    per: Literal["channel", "layer"] = Field("channel", description="one σ_S per channel or per layer")
+    kl_factor: Annotated[float, Search(0.01, 10.0, log=True)] = Field(
+        1.0, ge=0, description="weight of Σ KL / |D| in the loss"
+    )
+    init_sigma: Annotated[float, Search(0.01, 1.0, log=True)] = Field(
+        0.1, gt=0, description="σ_S at the start (not given by the paper)"
+    )
+    prior_sigma: float = Field(10.0, gt=0, description="σ₀ of the prior N(1, σ₀²) on S")
+    mc_samples: list[Annotated[int, Field(ge=1)]] = Field(
+        [10, 30], min_length=1, description="T of each Monte-Carlo evaluation (reported as mcT/<metric>)"
+    )
+
+
+class NormBatchConfig(RunningStatsConfig):
+    """``normbatch_bn``: BN's momentum and eps, and the extra samples of each normalization batch."""
+
+    protocol_only: ClassVar[frozenset[str]] = frozenset({"extra"})
+
+    extra: Annotated[int, Search(32, 4096, log=True)] = Field(
+        992, ge=0, description="extra training samples in each normalization batch (paper: 32 + 992)"
+    )
 
 
 @hookimpl
@@ -39,7 +92,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             make=f"{_LAYERS}:WeightNorm",
             summary="Weight normalization: y = (w/‖w‖)ᵀx·s + b per output unit, data-dependent init of s, b.",
             citation="Salimans & Kingma, Weight Normalization, NIPS 2016; as used in " + CITATION,
-            params={"projection": _projection(), "init_batch": _init_batch(), "eps": _eps()},
+            config=WeightNormConfig,
             dims=_DIMS,
             protocol=f"{_PROTOCOLS}:weightnorm_protocol",
         )
@@ -51,7 +104,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             summary="Analytic normalization: per-channel mean/std propagated from dataset input moments [R].",
             citation="Shekhovtsov & Flach, Normalization of Neural Networks using Analytic Variance "
             "Propagation, CVWW 2018; as used in " + CITATION,
-            params={"projection": _projection(), "eps": _eps()},
+            config=AnalyticNormConfig,
             dims=_DIMS,
             protocol=f"{_PROTOCOLS}:analytic_norm_protocol",
         )
@@ -62,15 +115,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             make=f"{_LAYERS}:BNNoise",
             summary="A deterministic norm with BN-like noise ((x̂ + V)·U)·s + b, per sample and channel, in training.",
             citation=CITATION,
-            params={
-                "base": Param("weightnorm", help="the deterministic norm", choices=("weightnorm", "analytic_norm")),
-                "sigma_u": Param(0.035, help="std of the multiplicative noise U ~ N(1, σ_U²)", low=0.005, high=0.5,
-                                 log=True),
-                "sigma_v": Param(0.05, help="std of the additive noise V ~ N(0, σ_V²)", low=0.005, high=0.5, log=True),
-                "projection": _projection(),
-                "init_batch": _init_batch(),
-                "eps": _eps(),
-            },
+            config=BNNoiseConfig,
             dims=_DIMS,
             protocol=f"{_PROTOCOLS}:bn_noise_protocol",
         )
@@ -82,20 +127,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             summary="A base norm with a variational Bayesian scale: y = (x̂ + b)·S, q(S) = N(s, σ_S²), "
             "prior N(1, 10²); MC-T evaluations.",
             citation=CITATION,
-            params={
-                "base": Param("weightnorm", help="the norm giving x̂",
-                              choices=("weightnorm", "analytic_norm", "batchnorm")),
-                "per": Param("channel", help="one σ_S per channel or per layer", choices=("channel", "layer")),
-                "kl_factor": Param(1.0, help="weight of Σ KL / |D| in the loss", low=0.01, high=10.0, log=True),
-                "init_sigma": Param(0.1, help="σ_S at the start (not given by the paper)", low=0.01, high=1.0,
-                                    log=True),
-                "prior_sigma": Param(10.0, help="σ₀ of the prior N(1, σ₀²) on S"),
-                "mc_samples": Param([10, 30], help="T of each Monte-Carlo evaluation (reported as mcT/<metric>)"),
-                "projection": _projection(),
-                "init_batch": _init_batch(),
-                "momentum": Param(0.1, help="running-statistics rate of the batchnorm base"),
-                "eps": _eps(),
-            },
+            config=BayesianScaleConfig,
             dims=_DIMS,
             protocol=f"{_PROTOCOLS}:bayesian_scale_protocol",
         )
@@ -106,12 +138,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             make="harness_plugins.norms.baselines:BatchNorm",
             summary="Batch norm whose statistics cover the training batch plus extra random training samples.",
             citation=CITATION,
-            params={
-                "extra": Param(992, help="extra training samples in each normalization batch (paper: 32 + 992)",
-                               low=32, high=4096, log=True),
-                "momentum": Param(0.1, help="running-statistics update rate", low=0.01, high=0.5, log=True),
-                "eps": _eps(),
-            },
+            config=NormBatchConfig,
             dims=_DIMS,
             protocol=f"{_PROTOCOLS}:normbatch_protocol",
             reference="harness_plugins.norms.baselines:BatchNorm",

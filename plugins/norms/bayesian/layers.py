@@ -14,25 +14,16 @@ protocol has set up standardizes nothing (x̂ = x), so it still runs on its own.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
 
+from harness_plugins.common.channels import Device, affine_parameters, per_channel
 from harness_plugins.norms.baselines import BatchNorm
 
 from .moments import Moments
 
 __all__ = ["AnalyticNorm", "BNNoise", "BayesianScale", "WeightNorm", "kl_to_prior", "sigma_from_u", "u_from_sigma"]
-
-
-def _factory_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}
-
-
-def _per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A length-C (or length-1) tensor shaped to broadcast over N×C×... input."""
-    return t.view((1, -1) + (1,) * (x.dim() - 2))
 
 
 def _noise_shape(x: torch.Tensor) -> tuple[int, ...]:
@@ -48,13 +39,13 @@ def _check_input(x: torch.Tensor, name: str) -> None:
 class _Affine(nn.Module):
     """Holds the per-channel scale s (``weight``) and bias b (``bias``) of a head, both optional."""
 
-    def __init__(self, num_features: int, affine: bool, eps: float, kwargs: dict[str, Any]) -> None:
+    def __init__(self, num_features: int, *, eps: float, affine: bool, device: Device,
+                 dtype: torch.dtype | None) -> None:
         super().__init__()
         self.num_features = num_features
         self.eps = eps
         if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, **_factory_kwargs(kwargs)))
-            self.bias = nn.Parameter(torch.zeros(num_features, **_factory_kwargs(kwargs)))
+            self.weight, self.bias = affine_parameters(num_features, device=device, dtype=dtype)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -62,7 +53,7 @@ class _Affine(nn.Module):
     def affine(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight is None:
             return x
-        return x * _per_channel(self.weight, x) + _per_channel(self.bias, x)
+        return x * per_channel(self.weight, x) + per_channel(self.bias, x)
 
     def affine_moments(self, x: Moments) -> Moments:
         if self.weight is None:
@@ -86,8 +77,9 @@ class WeightNorm(_Affine):
 
     kind = "weightnorm"
 
-    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True, **kwargs: Any) -> None:
-        super().__init__(num_features, affine, eps, kwargs)
+    def __init__(self, num_features: int, *, eps: float, affine: bool = True, device: Device = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(num_features, eps=eps, affine=affine, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, "weightnorm")
@@ -112,8 +104,9 @@ class AnalyticNorm(_Affine):
 
     kind = "analytic_norm"
 
-    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True, **kwargs: Any) -> None:
-        super().__init__(num_features, affine, eps, kwargs)
+    def __init__(self, num_features: int, *, eps: float, affine: bool = True, device: Device = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(num_features, eps=eps, affine=affine, device=device, dtype=dtype)
         self.stats: Moments | None = None  # recomputed from the parameters, never saved
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,7 +118,7 @@ class AnalyticNorm(_Affine):
         c = -mean * a
         if self.weight is not None:
             a, c = a * self.weight, torch.addcmul(self.bias, c, self.weight)
-        return torch.addcmul(_per_channel(c, x), x, _per_channel(a, x)).to(x.dtype)
+        return torch.addcmul(per_channel(c, x), x, per_channel(a, x)).to(x.dtype)
 
     def propagate(self, x: Moments) -> Moments:
         """Bind μ̂, σ̂² = the input moments; the standardized output has mean 0 and variance 1."""
@@ -136,14 +129,17 @@ class AnalyticNorm(_Affine):
         return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}"
 
 
-def _standardizer(base: str, num_features: int, eps: float, momentum: float, kwargs: dict[str, Any]) -> nn.Module:
-    """The base norm without its affine: the x̂ of eq. (2) that a stochastic head acts on."""
-    if base == "weightnorm":
-        return WeightNorm(num_features, eps=eps, affine=False, **kwargs)
-    if base == "analytic_norm":
-        return AnalyticNorm(num_features, eps=eps, affine=False, **kwargs)
-    if base == "batchnorm":
-        return BatchNorm(num_features, momentum=momentum, eps=eps, affine=False, **kwargs)
+_DETERMINISTIC = {"weightnorm": WeightNorm, "analytic_norm": AnalyticNorm}
+
+
+def _standardizer(base: str, num_features: int, *, eps: float, momentum: float | None, device: Device,
+                  dtype: torch.dtype | None) -> nn.Module:
+    """The base norm without its affine: the x̂ of eq. (2) that a stochastic head acts on
+    (``momentum``: the batchnorm base's; None where the head takes no batchnorm)."""
+    if base in _DETERMINISTIC:
+        return _DETERMINISTIC[base](num_features, eps=eps, affine=False, device=device, dtype=dtype)
+    if base == "batchnorm" and momentum is not None:
+        return BatchNorm(num_features, momentum=momentum, eps=eps, affine=False, device=device, dtype=dtype)
     raise ValueError(f"unknown base norm {base!r}; use 'weightnorm', 'analytic_norm' or 'batchnorm'")
 
 
@@ -163,20 +159,13 @@ class BNNoise(_Affine):
     in a BN network.
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        base: str = "weightnorm",
-        sigma_u: float = 0.035,
-        sigma_v: float = 0.05,
-        eps: float = 1e-5,
-        **kwargs: Any,
-    ) -> None:
-        if base not in ("weightnorm", "analytic_norm"):
+    def __init__(self, num_features: int, *, base: str, sigma_u: float, sigma_v: float, eps: float,
+                 device: Device = None, dtype: torch.dtype | None = None) -> None:
+        if base not in _DETERMINISTIC:
             raise ValueError(f"bn_noise goes after a deterministic norm: base 'weightnorm' or 'analytic_norm', "
                              f"not {base!r}")
-        super().__init__(num_features, True, eps, kwargs)
-        self.norm = _standardizer(base, num_features, eps, 0.1, kwargs)
+        super().__init__(num_features, eps=eps, affine=True, device=device, dtype=dtype)
+        self.norm = _standardizer(base, num_features, eps=eps, momentum=None, device=device, dtype=dtype)
         self.sigma_u = sigma_u
         self.sigma_v = sigma_v
 
@@ -229,27 +218,16 @@ class BayesianScale(nn.Module):
     the start) is not given by the paper.
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        base: str = "weightnorm",
-        per: str = "channel",
-        init_sigma: float = 0.1,
-        prior_sigma: float = 10.0,
-        eps: float = 1e-5,
-        momentum: float = 0.1,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, num_features: int, *, base: str, per: str, init_sigma: float, prior_sigma: float,
+                 eps: float, momentum: float, device: Device = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if per not in ("channel", "layer"):
             raise ValueError(f"per must be 'channel' or 'layer'; got {per!r}")
-        factory = _factory_kwargs(kwargs)
         self.num_features = num_features
-        self.norm = _standardizer(base, num_features, eps, momentum, kwargs)
-        self.weight = nn.Parameter(torch.ones(num_features, **factory))
-        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+        self.norm = _standardizer(base, num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
+        self.weight, self.bias = affine_parameters(num_features, device=device, dtype=dtype)
         self.u = nn.Parameter(torch.full((num_features if per == "channel" else 1,), u_from_sigma(init_sigma),
-                                         **factory))
+                                         device=device, dtype=dtype))
         self.eps = eps
         self.per = per
         self.prior_sigma = prior_sigma
@@ -265,11 +243,11 @@ class BayesianScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_hat = self.norm(x)
-        scale = _per_channel(self.weight, x_hat)
+        scale = per_channel(self.weight, x_hat)
         if self.training or self.sample_in_eval:
             xi = torch.randn(_noise_shape(x_hat), device=x_hat.device, dtype=x_hat.dtype)
-            scale = scale + _per_channel(self.sigma, x_hat) * xi
-        return torch.addcmul(_per_channel(self.bias, x_hat) * scale, x_hat, scale)
+            scale = scale + per_channel(self.sigma, x_hat) * xi
+        return torch.addcmul(per_channel(self.bias, x_hat) * scale, x_hat, scale)
 
     def kl(self) -> torch.Tensor:
         """Σ over channels of KL(N(s_c, σ_S,c²) ‖ N(1, σ₀²))."""

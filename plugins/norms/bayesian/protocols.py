@@ -25,8 +25,11 @@ from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from torch.utils.data.dataloader import default_collate
 
-from harness.protocol import Evaluation, NormProtocol, TrialContext, chain, mean_probability, modules_of
+from harness.protocol import Evaluation, NormProtocol, TrialContext, chain
+from harness_plugins.common.metrics import mean_probability
+from harness_plugins.norms import BatchNormConfig
 
+from . import AnalyticNormConfig, BayesianScaleConfig, BNNoiseConfig, NormBatchConfig, WeightNormConfig
 from .layers import AnalyticNorm, BayesianScale, BNNoise, WeightNorm
 from .moments import MomentPropagator, Moments, dataset_moments
 
@@ -54,8 +57,8 @@ _FEEDING = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 def feeding_layers(net: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     """(conv/linear, norm) pairs: the closest conv or linear before each norm in registration
-    order. The rule of :func:`harness.protocol.preceding_weights`, returning the modules, because
-    a weight-normed layer's ``weight`` is computed from its parametrization's ``original``."""
+    order (how models put a norm after its layer); the modules, not their weights, because a
+    weight-normed layer's ``weight`` is computed from its parametrization's ``original``."""
     found, last = [], None
     for module in net.modules():
         if isinstance(module, _FEEDING):
@@ -119,14 +122,14 @@ class WeightNormInit(NormProtocol):
     at zero mean and unit variance. Layers are initialised in order within that one pass, so
     later layers see already normalized inputs."""
 
-    def __init__(self, init_batch: int = 128) -> None:
+    def __init__(self, init_batch: int) -> None:
         if init_batch < 2:
             raise ValueError(f"the data-dependent init needs a batch of at least 2; got {init_batch}")
         self.init_batch = init_batch
 
     def setup(self, ctx: TrialContext) -> None:
         # the layers holding s, b (a wrapper's inner WeightNorm has no affine of its own)
-        norms = [m for m in modules_of(ctx.net, (WeightNorm, BNNoise, BayesianScale))
+        norms = [m for m in ctx.net.modules() if isinstance(m, (WeightNorm, BNNoise, BayesianScale))
                  if kind_of(m) == "weightnorm" and m.weight is not None]
         if not norms:
             raise ValueError("weight normalization found no weightnorm layer in the model")
@@ -171,7 +174,7 @@ class AnalyticPropagation(NormProtocol):
     """
 
     def setup(self, ctx: TrialContext) -> None:
-        if not any(kind_of(m) == "analytic_norm" for m in modules_of(ctx.net, NORM_LAYERS)):
+        if not any(kind_of(m) == "analytic_norm" for m in ctx.net.modules() if isinstance(m, NORM_LAYERS)):
             raise ValueError("analytic normalization found no analytic_norm layer in the model")
         self.inputs = dataset_moments(ctx.splits.train)
         self.propagator = MomentPropagator(ctx.net, sample_inputs(ctx.splits.train, 2, ctx.seed))
@@ -235,7 +238,7 @@ class MonteCarlo(Evaluation):
 
     @staticmethod
     def _sampling(net: nn.Module, on: bool) -> None:
-        for layer in modules_of(net, BayesianScale):
+        for layer in [m for m in net.modules() if isinstance(m, BayesianScale)]:
             layer.sample_in_eval = on
 
 
@@ -243,7 +246,7 @@ class BayesianLoss(NormProtocol):
     """Variational Bayes over the scales: the loss gets kl_factor · Σ KL(q(S) ‖ p(S)) / |D|
     (|D| the training set size), and the test is also run as MC-T for each T in ``mc_samples``."""
 
-    def __init__(self, kl_factor: float = 1.0, mc_samples: Sequence[int] = (10, 30)) -> None:
+    def __init__(self, kl_factor: float, mc_samples: Sequence[int]) -> None:
         if kl_factor < 0:
             raise ValueError(f"kl_factor must be >= 0; got {kl_factor}")
         if any(not isinstance(t, int) or t < 1 for t in mc_samples) or len(set(mc_samples)) != len(mc_samples):
@@ -252,7 +255,7 @@ class BayesianLoss(NormProtocol):
         self.mc_samples = list(mc_samples)
 
     def setup(self, ctx: TrialContext) -> None:
-        self.layers = list(modules_of(ctx.net, BayesianScale))
+        self.layers = [m for m in ctx.net.modules() if isinstance(m, BayesianScale)]
         if not self.layers:
             raise ValueError("bayesian_scale found no BayesianScale layer in the model")
 
@@ -323,7 +326,7 @@ class NormalizationBatch(NormProtocol):
     of them. One train-mode pass of ``cat([inputs, extra])`` updates the running statistics once,
     with those of the whole normalization batch."""
 
-    def __init__(self, extra: int = 992) -> None:
+    def __init__(self, extra: int) -> None:
         if extra < 0:
             raise ValueError(f"extra must be >= 0; got {extra}")
         self.extra = extra
@@ -338,7 +341,7 @@ class NormalizationBatch(NormProtocol):
         return net(torch.cat([inputs, extra]))[: len(inputs)]
 
 
-# -- factories named by the registrations (called with all the norm's parameters) ---------------
+# -- factories named by the registrations (each called with its norm's config) -------------------
 
 
 def _with_projection(parts: list[NormProtocol], projection: bool) -> NormProtocol | None:
@@ -354,28 +357,26 @@ def _base_parts(base: str, init_batch: int) -> list[NormProtocol]:
     return []
 
 
-def batchnorm_protocol(projection: bool = False, **params: Any) -> NormProtocol | None:
-    return _with_projection([], projection)
+def batchnorm_protocol(config: BatchNormConfig) -> NormProtocol | None:
+    return _with_projection([], config.projection)
 
 
-def weightnorm_protocol(projection: bool = False, init_batch: int = 128, **params: Any) -> NormProtocol | None:
-    return _with_projection(_base_parts("weightnorm", init_batch), projection)
+def weightnorm_protocol(config: WeightNormConfig) -> NormProtocol | None:
+    return _with_projection(_base_parts("weightnorm", config.init_batch), config.projection)
 
 
-def analytic_norm_protocol(projection: bool = False, **params: Any) -> NormProtocol | None:
-    return _with_projection(_base_parts("analytic_norm", 0), projection)
+def analytic_norm_protocol(config: AnalyticNormConfig) -> NormProtocol | None:
+    return _with_projection(_base_parts("analytic_norm", 0), config.projection)
 
 
-def bn_noise_protocol(base: str = "weightnorm", projection: bool = False, init_batch: int = 128,
-                      **params: Any) -> NormProtocol | None:
-    return _with_projection(_base_parts(base, init_batch), projection)
+def bn_noise_protocol(config: BNNoiseConfig) -> NormProtocol | None:
+    return _with_projection(_base_parts(config.base, config.init_batch), config.projection)
 
 
-def bayesian_scale_protocol(base: str = "weightnorm", projection: bool = False, init_batch: int = 128,
-                            kl_factor: float = 1.0, mc_samples: Sequence[int] = (10, 30),
-                            **params: Any) -> NormProtocol | None:
-    return _with_projection([*_base_parts(base, init_batch), BayesianLoss(kl_factor, mc_samples)], projection)
+def bayesian_scale_protocol(config: BayesianScaleConfig) -> NormProtocol | None:
+    loss = BayesianLoss(config.kl_factor, config.mc_samples)
+    return _with_projection([*_base_parts(config.base, config.init_batch), loss], config.projection)
 
 
-def normbatch_protocol(extra: int = 992, **params: Any) -> NormProtocol:
-    return NormalizationBatch(extra)
+def normbatch_protocol(config: NormBatchConfig) -> NormProtocol:
+    return NormalizationBatch(config.extra)

@@ -9,8 +9,12 @@ listing norms imports no torch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated, Literal
 
-from harness import Norm, Param, hookimpl
+from pydantic import Field
+
+from harness import Norm, NormConfig, Search, hookimpl
+from harness_plugins.common.params import RunningStatsConfig
 
 _LAYERS = "harness_plugins.norms.unified.layers"
 
@@ -24,30 +28,51 @@ IEBN_CITATION = ("Liang, Huang, Liang & Yang, Instance Enhancement Batch Normali
                  "of Batch Noise, AAAI 2020")
 
 
-def _momentum(note: str = "") -> Param:
-    return Param(0.1, help=f"running-statistics update rate (PyTorch convention){note}", low=0.01, high=0.5,
-                 log=True)
+#: When the condensation rule decides between batch and running statistics.
+Latch = Literal["epoch", "iteration"]
 
 
-def _eps() -> Param:
-    return Param(1e-5, help="added to the variance")
+class CondensationConfig(RunningStatsConfig):
+    """The feature condensation rule of UBN (``bn_fct``, ``unified_bn``). β = 0.1, momentum = 0.1
+    and one warm-up epoch are rebuilt choices ([R] in METHODS.md)."""
+
+    fct: Annotated[float, Search(0.05, 0.5)] = Field(
+        0.15, description="feature condensation threshold: batch statistics while the running mean cosine "
+        "similarity of the layer inputs is above it (≥ 1: never, < −1: always)"
+    )
+    beta: float = Field(0.1, gt=0, le=1, description="update rate of the running threshold τ̄ [R] 0.1")
+    latch: Latch = Field(
+        "epoch", description="decide batch vs running statistics once per epoch (the paper) or after every iteration"
+    )
+    warmup_epochs: int = Field(1, ge=0, description="first epochs that always use batch statistics [R] 1")
 
 
-def _condensation_params() -> dict[str, Param]:
-    return {
-        "fct": Param(0.15, help="feature condensation threshold: batch statistics while the running mean "
-                     "cosine similarity of the layer inputs is above it", low=0.05, high=0.5),
-        "beta": Param(0.1, help="update rate of the running threshold τ̄ [R] 0.1"),
-        "momentum": _momentum(" [R] 0.1"),
-        "latch": Param("epoch", help="decide batch vs running statistics once per epoch (the paper) or "
-                       "after every iteration", choices=("epoch", "iteration")),
-        "warmup_epochs": Param(1, help="first epochs that always use batch statistics [R] 1"),
-    }
+class KernelConfig(NormConfig):
+    """BNET's depthwise convolution in place of γ, β (``bnet``, ``unified_bn``)."""
+
+    kernel_size: Literal[1, 3, 5, 7] = Field(
+        3, description="size of the depthwise convolution that replaces γ, β (odd; identity init [R])"
+    )
 
 
-def _kernel_size() -> Param:
-    return Param(3, help="size of the depthwise convolution that replaces γ, β (odd; identity init [R])",
-                 choices=(1, 3, 5, 7))
+class BNFCTConfig(CondensationConfig):
+    """``bn_fct``: the condensation rule, momentum and eps."""
+
+
+class RBNConfig(RunningStatsConfig):
+    """``rbn``: momentum and eps."""
+
+
+class BNETConfig(RunningStatsConfig, KernelConfig):
+    """``bnet``: the kernel size, momentum and eps."""
+
+
+class UnifiedBNConfig(CondensationConfig, KernelConfig):
+    """``unified_bn``: the condensation rule, the kernel size, momentum and eps."""
+
+
+class IEBNConfig(RunningStatsConfig):
+    """``iebn``: momentum and eps."""
 
 
 @hookimpl
@@ -58,7 +83,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             make=f"{_LAYERS}:BatchNormFCT",
             summary="BN whose training statistics follow UBN's feature condensation threshold, latched per epoch.",
             citation=UBN_CITATION,
-            params={**_condensation_params(), "eps": _eps()},
+            config=BNFCTConfig,
             dims={"1d", "2d"},
             protocol=f"{_LAYERS}:condensation_protocol",
             reference=f"{_LAYERS}:bn_fct_reference",
@@ -70,7 +95,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             make=f"{_LAYERS}:RepresentativeBatchNorm",
             summary="Representative BN: BN with instance-statistics centering and scaling calibration.",
             citation=RBN_CITATION,
-            params={"momentum": _momentum(), "eps": _eps()},
+            config=RBNConfig,
             dims={"1d", "2d"},
             reference=f"{_LAYERS}:rbn_reference",
         )
@@ -81,7 +106,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             make=f"{_LAYERS}:BNET",
             summary="BNET: BN without affine followed by a depthwise k×k convolution with bias (2-d only).",
             citation=BNET_CITATION,
-            params={"kernel_size": _kernel_size(), "momentum": _momentum(), "eps": _eps()},
+            config=BNETConfig,
             dims={"2d"},
             reference=f"{_LAYERS}:bnet_reference",
         )
@@ -92,7 +117,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             make=f"{_LAYERS}:UnifiedBatchNorm",
             summary="Unified BN: condensation-threshold statistics, RBN calibration, BNET affine (2-d only).",
             citation=UBN_CITATION,
-            params={**_condensation_params(), "kernel_size": _kernel_size(), "eps": _eps()},
+            config=UnifiedBNConfig,
             dims={"2d"},
             protocol=f"{_LAYERS}:condensation_protocol",
             reference=f"{_LAYERS}:unified_reference",
@@ -104,7 +129,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             make=f"{_LAYERS}:InstanceEnhancementBatchNorm",
             summary="Instance-Enhancement BN: BN's γ gated per sample by sigmoid of the input's channel means.",
             citation=IEBN_CITATION,
-            params={"momentum": _momentum(), "eps": _eps()},
+            config=IEBNConfig,
             dims={"1d", "2d"},
             reference=f"{_LAYERS}:iebn_reference",
         )

@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import get_args
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.protocol import NormProtocol, modules_of
+from harness.protocol import NormProtocol
+from harness_plugins.common.channels import Device, affine_parameters, per_channel, register_running_stats
 from harness_plugins.norms.baselines import BatchNorm
 from harness_plugins.norms.ops import Coefficients, batch_moments, moment_norm, select
+from harness_plugins.norms.unified import BNFCTConfig, Latch, UnifiedBNConfig
 
 __all__ = [
     "BNET",
@@ -46,16 +48,7 @@ __all__ = [
     "condensation_protocol",
 ]
 
-LATCHES = ("epoch", "iteration")
-
-
-def _factory_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}
-
-
-def _channel(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A C-vector shaped to broadcast over x's channel dim (1×C, 1×C×1×1, ...)."""
-    return p.view(1, -1, *([1] * (x.dim() - 2)))
+LATCHES = get_args(Latch)
 
 
 def condensation(x: torch.Tensor) -> torch.Tensor:
@@ -80,15 +73,15 @@ class _RunningStats(nn.Module):
     """BN's running statistics, and the normalization the variants share: y = a·(x − m) + c per
     sample and channel through :func:`moment_norm`, with batch or running statistics."""
 
-    def __init__(self, num_features: int, momentum: float, eps: float, factory: dict[str, Any]) -> None:
+    def __init__(self, num_features: int, *, momentum: float, eps: float, device: Device,
+                 dtype: torch.dtype | None) -> None:
         super().__init__()
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1]; got {momentum}")
         self.num_features = num_features
         self.momentum = momentum
         self.eps = eps
-        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-        self.register_buffer("running_var", torch.ones(num_features, **factory))
+        register_running_stats(self, num_features, device=device, dtype=dtype)
 
     def _normalize(self, x: torch.Tensor, batch_stats: bool, weight: torch.Tensor | None = None,
                    bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -111,7 +104,7 @@ def _statistics(mean: torch.Tensor, var: torch.Tensor | None, running_mean: torc
                 batch_stats: bool | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel (μ, 1/√(σ² + eps)), each 1×C×1…: the batch's, from per-sample moments, or the
     running ones (chosen on the device when ``batch_stats`` is a tensor)."""
-    running = _channel(running_mean, mean).to(mean.dtype), _channel(running_var, mean).to(mean.dtype)
+    running = per_channel(running_mean, mean).to(mean.dtype), per_channel(running_var, mean).to(mean.dtype)
     if batch_stats is False:
         mu, sigma2 = running
     else:
@@ -130,15 +123,16 @@ def _rbn_coefficients(mean: torch.Tensor, var: torch.Tensor | None, center_weigh
     variance of x; x̂ = (x′ − μ)/σ; GAP(x̂) = ((1 + w_m)·m − μ)/σ; the gated output
     γ·g·x̂ + β is a·(x − m) + c with a = γ·g/σ and c = β + a·((1 + w_m)·m − μ).
     """
-    center = _channel(center_weight, mean)
+    center = per_channel(center_weight, mean)
     centered_mean = mean * (1 + center)
     mu, inv_std = _statistics(centered_mean, var, running_mean, running_var, eps, batch_stats)
-    gate = torch.sigmoid(_channel(scale_weight, mean) * (centered_mean - mu) * inv_std + _channel(scale_bias, mean))
+    gate = torch.sigmoid(per_channel(scale_weight, mean) * (centered_mean - mu) * inv_std
+                         + per_channel(scale_bias, mean))
     if not affine:
         a = gate * inv_std
         return a, a * (centered_mean - mu)
-    a = gate * inv_std * _channel(affine[0], mean)
-    return a, a * (centered_mean - mu) + _channel(affine[1], mean)
+    a = gate * inv_std * per_channel(affine[0], mean)
+    return a, a * (centered_mean - mu) + per_channel(affine[1], mean)
 
 
 def _iebn_coefficients(mean: torch.Tensor, var: torch.Tensor | None, gate_weight: torch.Tensor,
@@ -147,8 +141,9 @@ def _iebn_coefficients(mean: torch.Tensor, var: torch.Tensor | None, gate_weight
                        batch_stats: bool | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """IEBN: a = γ·sigmoid(w_r·GAP(x) + b_r)/σ, c = β + a·(m − μ)."""
     mu, inv_std = _statistics(mean, var, running_mean, running_var, eps, batch_stats)
-    a = torch.sigmoid(_channel(gate_weight, mean) * mean + _channel(gate_bias, mean)) * _channel(weight, mean) * inv_std
-    return a, _channel(bias, mean) + a * (mean - mu)
+    gate = torch.sigmoid(per_channel(gate_weight, mean) * mean + per_channel(gate_bias, mean))
+    a = gate * per_channel(weight, mean) * inv_std
+    return a, per_channel(bias, mean) + a * (mean - mu)
 
 
 def _bn_coefficients(mean: torch.Tensor, var: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, *,
@@ -156,17 +151,27 @@ def _bn_coefficients(mean: torch.Tensor, var: torch.Tensor | None, weight: torch
                      batch_stats: bool | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """BN with batch or running statistics: a = γ/σ, c = β + a·(m − μ)."""
     mu, inv_std = _statistics(mean, var, running_mean, running_var, eps, batch_stats)
-    a = _channel(weight, mean) * inv_std
-    return a, _channel(bias, mean) + a * (mean - mu)
+    a = per_channel(weight, mean) * inv_std
+    return a, per_channel(bias, mean) + a * (mean - mu)
 
 
-def _depthwise_identity(num_features: int, kernel_size: int, factory: dict[str, Any]) -> nn.Parameter:
-    """A depthwise k×k kernel (C×1×k×k) that passes its input through: centre tap 1, others 0."""
+def _depthwise_affine(num_features: int, kernel_size: int, *, device: Device,
+                      dtype: torch.dtype | None) -> tuple[nn.Parameter, nn.Parameter]:
+    """BNET's affine: a depthwise k×k kernel (C×1×k×k) that passes its input through (centre tap 1,
+    others 0), and a zero bias."""
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd number (same-size padding); got {kernel_size}")
-    weight = torch.zeros(num_features, 1, kernel_size, kernel_size, **factory)
+    weight = torch.zeros(num_features, 1, kernel_size, kernel_size, device=device, dtype=dtype)
     weight[:, :, kernel_size // 2, kernel_size // 2] = 1.0
-    return nn.Parameter(weight)
+    return nn.Parameter(weight), nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+
+
+def _calibration(num_features: int, *, device: Device,
+                 dtype: torch.dtype | None) -> tuple[nn.Parameter, nn.Parameter, nn.Parameter]:
+    """RBN's calibration parameters at their init: centering weight w_m = 0, scaling weight w_v = 0
+    and scaling bias w_b = 1."""
+    return tuple(nn.Parameter(torch.full((num_features,), value, device=device, dtype=dtype))
+                 for value in (0.0, 0.0, 1.0))
 
 
 def _need_2d(name: str, x: torch.Tensor) -> None:
@@ -202,9 +207,9 @@ class FeatureCondensationNorm(_RunningStats):
     one included, and a layer never latched acts as in epoch 0.
     """
 
-    def __init__(self, num_features: int, fct: float, beta: float, momentum: float, latch: str,
-                 warmup_epochs: int, eps: float, factory: dict[str, Any]) -> None:
-        super().__init__(num_features, momentum, eps, factory)
+    def __init__(self, num_features: int, *, fct: float, beta: float, momentum: float, latch: str,
+                 warmup_epochs: int, eps: float, device: Device, dtype: torch.dtype | None) -> None:
+        super().__init__(num_features, momentum=momentum, eps=eps, device=device, dtype=dtype)
         if latch not in LATCHES:
             raise ValueError(f"latch must be one of {LATCHES}; got {latch!r}")
         if not 0.0 < beta <= 1.0:
@@ -215,11 +220,11 @@ class FeatureCondensationNorm(_RunningStats):
         self.beta = beta
         self.latch = latch
         self.warmup_epochs = warmup_epochs
-        self.register_buffer("tau", torch.zeros((), **factory))
-        self.register_buffer("tau_steps", torch.zeros((), dtype=torch.long, device=factory.get("device")))
+        self.register_buffer("tau", torch.zeros((), device=device, dtype=dtype))
+        self.register_buffer("tau_steps", torch.zeros((), dtype=torch.long, device=device))
         # The latched decision after the warm-up, on the layer's device (moved by .to() as buffers
         # are) and not saved: the protocol latches again at every epoch start.
-        self.register_buffer("condensed", torch.ones((), dtype=torch.bool, device=factory.get("device")),
+        self.register_buffer("condensed", torch.ones((), dtype=torch.bool, device=device),
                              persistent=False)
         self.latch_epoch(0)
 
@@ -264,12 +269,11 @@ class FeatureCondensationNorm(_RunningStats):
 class BatchNormFCT(FeatureCondensationNorm):
     """``bn_fct``: BN whose statistics follow the feature condensation rule, with BN's γ, β."""
 
-    def __init__(self, num_features: int, fct: float = 0.15, beta: float = 0.1, momentum: float = 0.1,
-                 latch: str = "epoch", warmup_epochs: int = 1, eps: float = 1e-5, **kwargs: Any) -> None:
-        factory = _factory_kwargs(kwargs)
-        super().__init__(num_features, fct, beta, momentum, latch, warmup_epochs, eps, factory)
-        self.weight = nn.Parameter(torch.ones(num_features, **factory))
-        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+    def __init__(self, num_features: int, *, fct: float, beta: float, momentum: float, latch: str,
+                 warmup_epochs: int, eps: float, device: Device = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__(num_features, fct=fct, beta=beta, momentum=momentum, latch=latch,
+                         warmup_epochs=warmup_epochs, eps=eps, device=device, dtype=dtype)
+        self.weight, self.bias = affine_parameters(num_features, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch_stats = self._choose_stats(x)
@@ -286,14 +290,11 @@ class RepresentativeBatchNorm(_RunningStats):
     fresh layer is BN scaled by sigmoid(1).
     """
 
-    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, **kwargs: Any) -> None:
-        factory = _factory_kwargs(kwargs)
-        super().__init__(num_features, momentum, eps, factory)
-        self.center_weight = nn.Parameter(torch.zeros(num_features, **factory))
-        self.scale_weight = nn.Parameter(torch.zeros(num_features, **factory))
-        self.scale_bias = nn.Parameter(torch.ones(num_features, **factory))
-        self.weight = nn.Parameter(torch.ones(num_features, **factory))
-        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+    def __init__(self, num_features: int, *, momentum: float, eps: float, device: Device = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(num_features, momentum=momentum, eps=eps, device=device, dtype=dtype)
+        self.center_weight, self.scale_weight, self.scale_bias = _calibration(num_features, device=device, dtype=dtype)
+        self.weight, self.bias = affine_parameters(num_features, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._affine(x, _rbn_coefficients, self.training, self.center_weight, self.scale_weight,
@@ -301,7 +302,7 @@ class RepresentativeBatchNorm(_RunningStats):
 
     def _centered(self, mean: torch.Tensor) -> torch.Tensor:
         """The per-sample mean of the centered input x + w_m·GAP(x), which the running stats track."""
-        return mean * (1 + _channel(self.center_weight.detach(), mean))
+        return mean * (1 + per_channel(self.center_weight.detach(), mean))
 
 
 class BNET(_RunningStats):
@@ -312,12 +313,10 @@ class BNET(_RunningStats):
     BN without affine.
     """
 
-    def __init__(self, num_features: int, kernel_size: int = 3, momentum: float = 0.1, eps: float = 1e-5,
-                 **kwargs: Any) -> None:
-        factory = _factory_kwargs(kwargs)
-        super().__init__(num_features, momentum, eps, factory)
-        self.weight = _depthwise_identity(num_features, kernel_size, factory)
-        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+    def __init__(self, num_features: int, *, kernel_size: int, momentum: float, eps: float, device: Device = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(num_features, momentum=momentum, eps=eps, device=device, dtype=dtype)
+        self.weight, self.bias = _depthwise_affine(num_features, kernel_size, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _need_2d("bnet", x)
@@ -334,16 +333,13 @@ class UnifiedBatchNorm(FeatureCondensationNorm):
     (METHODS.md [R]), so a fresh layer in its first epoch is BN without affine scaled by sigmoid(1).
     """
 
-    def __init__(self, num_features: int, fct: float = 0.15, beta: float = 0.1, momentum: float = 0.1,
-                 latch: str = "epoch", warmup_epochs: int = 1, kernel_size: int = 3, eps: float = 1e-5,
-                 **kwargs: Any) -> None:
-        factory = _factory_kwargs(kwargs)
-        super().__init__(num_features, fct, beta, momentum, latch, warmup_epochs, eps, factory)
-        self.center_weight = nn.Parameter(torch.zeros(num_features, **factory))
-        self.scale_weight = nn.Parameter(torch.zeros(num_features, **factory))
-        self.scale_bias = nn.Parameter(torch.ones(num_features, **factory))
-        self.weight = _depthwise_identity(num_features, kernel_size, factory)
-        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+    def __init__(self, num_features: int, *, fct: float, beta: float, momentum: float, latch: str,
+                 warmup_epochs: int, kernel_size: int, eps: float, device: Device = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(num_features, fct=fct, beta=beta, momentum=momentum, latch=latch,
+                         warmup_epochs=warmup_epochs, eps=eps, device=device, dtype=dtype)
+        self.center_weight, self.scale_weight, self.scale_bias = _calibration(num_features, device=device, dtype=dtype)
+        self.weight, self.bias = _depthwise_affine(num_features, kernel_size, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _need_2d("unified_bn", x)
@@ -360,13 +356,12 @@ class InstanceEnhancementBatchNorm(_RunningStats):
     layer is BN scaled by sigmoid(−1).
     """
 
-    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, **kwargs: Any) -> None:
-        factory = _factory_kwargs(kwargs)
-        super().__init__(num_features, momentum, eps, factory)
-        self.weight = nn.Parameter(torch.ones(num_features, **factory))
-        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-        self.gate_weight = nn.Parameter(torch.zeros(num_features, **factory))
-        self.gate_bias = nn.Parameter(torch.full((num_features,), -1.0, **factory))
+    def __init__(self, num_features: int, *, momentum: float, eps: float, device: Device = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(num_features, momentum=momentum, eps=eps, device=device, dtype=dtype)
+        self.weight, self.bias = affine_parameters(num_features, device=device, dtype=dtype)
+        self.gate_weight = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+        self.gate_bias = nn.Parameter(torch.full((num_features,), -1.0, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._affine(x, _iebn_coefficients, self.training, self.gate_weight, self.gate_bias, self.weight,
@@ -381,7 +376,7 @@ class CondensationLatch(NormProtocol):
         self.running_layer_epochs: int | torch.Tensor = 0  # a device tensor once a decision is one
 
     def before_train_epoch(self, net: nn.Module, epoch: int) -> None:
-        for layer in modules_of(net, FeatureCondensationNorm):
+        for layer in [m for m in net.modules() if isinstance(m, FeatureCondensationNorm)]:
             layer.latch_epoch(epoch)
             chosen = layer.batch_stats
             self.running_layer_epochs = self.running_layer_epochs + (
@@ -390,24 +385,29 @@ class CondensationLatch(NormProtocol):
     def metrics(self, net: nn.Module) -> dict[str, float]:
         """The final τ̄ averaged over layers, and the layer-epochs trained on running statistics
         (zero means the norm behaved as BN throughout)."""
-        taus = [float(layer.tau) for layer in modules_of(net, FeatureCondensationNorm)]
+        taus = [float(layer.tau) for layer in net.modules() if isinstance(layer, FeatureCondensationNorm)]
         return {"condensation_tau": sum(taus) / len(taus) if taus else 0.0,
                 "running_stat_layer_epochs": float(self.running_layer_epochs)}
 
 
-def condensation_protocol(**params: Any) -> NormProtocol:
-    """Protocol factory of ``bn_fct`` and ``unified_bn`` (the same latch for any parameters)."""
+def condensation_protocol(config: BNFCTConfig | UnifiedBNConfig) -> NormProtocol:
+    """Protocol factory of ``bn_fct`` and ``unified_bn``: the same latch for any config (the rule's
+    parameters are the layers')."""
     return CondensationLatch()
 
 
 # -- references: what a fresh layer computes in training mode ------------------------------------
+# Each takes the layer's keywords; those that do not change a fresh layer's training output
+# (the condensation rule's, which starts with batch statistics; the identity kernel's size) are
+# taken and left.
+
+
 class ScaledBatchNorm(nn.Module):
     """Plain torch BN (any rank) times a constant: the reference of the calibrated norms at init."""
 
-    def __init__(self, num_features: int, scale: float = 1.0, affine: bool = False, momentum: float = 0.1,
-                 eps: float = 1e-5, **kwargs: Any) -> None:
+    def __init__(self, num_features: int, *, scale: float, affine: bool, momentum: float, eps: float) -> None:
         super().__init__()
-        self.bn = BatchNorm(num_features, momentum=momentum, eps=eps, affine=affine, **kwargs)
+        self.bn = BatchNorm(num_features, momentum=momentum, eps=eps, affine=affine)
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -418,26 +418,28 @@ def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
-def bn_fct_reference(num_features: int, **params: Any) -> nn.Module:
+def bn_fct_reference(num_features: int, *, fct: float, beta: float, latch: str, warmup_epochs: int, momentum: float,
+                     eps: float) -> nn.Module:
     """``bn_fct`` in its first epoch: BN with affine."""
-    return ScaledBatchNorm(num_features, affine=True, **params)
+    return ScaledBatchNorm(num_features, scale=1.0, affine=True, momentum=momentum, eps=eps)
 
 
-def rbn_reference(num_features: int, **params: Any) -> nn.Module:
+def rbn_reference(num_features: int, *, momentum: float, eps: float) -> nn.Module:
     """``rbn`` at init: BN without affine times sigmoid(1)."""
-    return ScaledBatchNorm(num_features, scale=_sigmoid(1.0), **params)
+    return ScaledBatchNorm(num_features, scale=_sigmoid(1.0), affine=False, momentum=momentum, eps=eps)
 
 
-def bnet_reference(num_features: int, **params: Any) -> nn.Module:
-    """``bnet`` with its identity kernel: BN without affine."""
-    return ScaledBatchNorm(num_features, **params)
+def bnet_reference(num_features: int, *, kernel_size: int, momentum: float, eps: float) -> nn.Module:
+    """``bnet`` with its identity kernel (of any size): BN without affine."""
+    return ScaledBatchNorm(num_features, scale=1.0, affine=False, momentum=momentum, eps=eps)
 
 
-def unified_reference(num_features: int, **params: Any) -> nn.Module:
+def unified_reference(num_features: int, *, fct: float, beta: float, latch: str, warmup_epochs: int, kernel_size: int,
+                      momentum: float, eps: float) -> nn.Module:
     """``unified_bn`` at init, first epoch: BN without affine times sigmoid(1)."""
-    return ScaledBatchNorm(num_features, scale=_sigmoid(1.0), **params)
+    return ScaledBatchNorm(num_features, scale=_sigmoid(1.0), affine=False, momentum=momentum, eps=eps)
 
 
-def iebn_reference(num_features: int, **params: Any) -> nn.Module:
+def iebn_reference(num_features: int, *, momentum: float, eps: float) -> nn.Module:
     """``iebn`` at init: BN without affine times sigmoid(−1) (γ = 1 folded into the scale)."""
-    return ScaledBatchNorm(num_features, scale=_sigmoid(-1.0), **params)
+    return ScaledBatchNorm(num_features, scale=_sigmoid(-1.0), affine=False, momentum=momentum, eps=eps)

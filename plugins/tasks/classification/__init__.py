@@ -23,14 +23,14 @@ asks timm's registry when a run starts.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from harness import Task, TaskConfig, hookimpl
+from harness.errors import did_you_mean
 
 Dataset = Literal["imagenet", "cifar10", "cifar100", "digits"]
 
@@ -57,6 +57,8 @@ class ClassificationConfig(TaskConfig):
     plugin registers in timm (``cifar_resnet20``, ``cifar_resnet44``, ``cifar_resnet18/34/50/101``,
     ``allcnn_c``); nothing is downloaded (no pretrained weights).
     """
+
+    training_keys: ClassVar[frozenset[str]] = TaskConfig.training_keys | {"data_dir"}
 
     dataset: Dataset = Field("cifar10", description="imagenet (ImageFolder) | cifar10 | cifar100 | digits")
     model: str = Field("cifar_resnet20", description="a timm model name (`timm.list_models()`)")
@@ -104,9 +106,8 @@ class ClassificationConfig(TaskConfig):
 
         if timm.is_model(self.model):
             return []
-        close = difflib.get_close_matches(self.model, timm.list_models(), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        return [f"model: unknown timm model {self.model!r}{hint} (`timm.list_models()` lists them)"]
+        hint = did_you_mean(self.model, timm.list_models())
+        return [f"model: unknown timm model {self.model!r}{hint}; `timm.list_models()` lists them"]
 
     @field_validator("model_kwargs")
     @classmethod
@@ -175,7 +176,15 @@ class ClassificationConfig(TaskConfig):
     def variant_label(self) -> str:
         return f"{self.dataset},{self.model}"
 
-    def missing_data(self, data_root: Path) -> str | None:
+    def axis_label(self, key: str, value: Any) -> str:
+        """A ``dataset`` axis names its variants by the dataset alone (``cifar10``, ``cifar100``)."""
+        return str(value) if key == "dataset" else super().axis_label(key, value)
+
+    def missing_data(self, data_root: Path) -> tuple[str, str] | None:
+        why = self._missing_data(data_root)
+        return None if why is None else ("dataset", why)
+
+    def _missing_data(self, data_root: Path) -> str | None:
         if self.dataset == "digits":
             return None  # bundled with scikit-learn
         root = self.dataset_dir(data_root)

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from harness import Splits
+from harness_plugins.common.datasets import digits_split, stratified_split
 
 from . import ClassificationConfig
 from .formats import CIFAR_CLASSES, load_cifar, scan_image_folder
@@ -82,25 +83,6 @@ class InputsOnly(Dataset):
         return self.dataset[index][0]
 
 
-def stratified_split(labels: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, taken) sorted indices, ``count`` of them taken with every class in proportion.
-
-    Each class gets the floor of its share, and the remaining places go to the classes with the
-    largest remainders (ties in random order), so the taken counts are within one of
-    proportional and sum to ``count`` exactly, even when there are more classes than places.
-    """
-    classes, counts = np.unique(labels, return_counts=True)
-    share = counts * count / len(labels)
-    quota = np.floor(share).astype(np.int64)
-    order = rng.permutation(len(classes))
-    leftover = order[np.argsort(-(share - quota)[order], kind="stable")][: count - quota.sum()]
-    quota[leftover] += 1
-    taken = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota, strict=True)]
-    taken_idx = np.sort(np.concatenate(taken))
-    kept = np.setdiff1d(np.arange(len(labels)), taken_idx)
-    return kept, taken_idx
-
-
 def transforms_for(config: ClassificationConfig) -> tuple[Transform, Transform]:
     """(train, eval) transforms; see the package docstring for the two crop recipes."""
     mean = config.mean or _repeat(STATS[config.dataset][0], config.channels)
@@ -132,8 +114,10 @@ def load_splits(config: ClassificationConfig, data_root: Path) -> tuple[Splits, 
     """The trial's datasets and the number of classes.
 
     The validation split is taken from the training set first, then the unlabeled one from what
-    remains, both stratified from ``default_rng(data_seed)``: changing ``unlabeled_fraction``
-    leaves validation unchanged, and neither ever touches the test set.
+    remains, both stratified with ``data_seed``
+    (:func:`harness_plugins.common.datasets.stratified_split`) and each kept in the data set's
+    order: changing ``unlabeled_fraction`` leaves validation unchanged, and neither ever touches
+    the test set.
     """
     train_tf, eval_tf = transforms_for(config)
     mode = "RGB" if config.channels == 3 else "L"
@@ -160,31 +144,30 @@ def load_splits(config: ClassificationConfig, data_root: Path) -> tuple[Splits, 
 
         test = ArrayImages(test_images, test_labels, eval_tf, mode)
         num_classes = CIFAR_CLASSES.get(config.dataset, 10)
-    rng = np.random.default_rng(config.data_seed)
-    train_idx, val_idx = stratified_split(labels, round(config.val_fraction * len(labels)), rng)
-    train_idx, unl_idx = _split_of(train_idx, labels, config.unlabeled_fraction, rng)
+    train_idx, val_idx = _in_order(stratified_split(labels, round(config.val_fraction * len(labels)),
+                                                    config.data_seed))
+    train_idx, unl_idx = _in_order(stratified_split(labels, round(config.unlabeled_fraction * len(train_idx)),
+                                                    config.data_seed, among=train_idx))
     splits = Splits(train=subset(train_idx, train_tf), test=test,
                     val=subset(val_idx, eval_tf) if len(val_idx) else None,
                     unlabeled=InputsOnly(subset(unl_idx, train_tf)) if len(unl_idx) else None)
     return splits, num_classes
 
 
-def _split_of(idx: np.ndarray, labels: np.ndarray, fraction: float,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    kept, taken = stratified_split(labels[idx], round(fraction * len(idx)), rng)
-    return idx[kept], idx[taken]
+def _in_order(split: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Both index lists of a split sorted: each split keeps the data set's own order."""
+    return np.sort(split[0]), np.sort(split[1])
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """sklearn's 8×8 digits as uint8 N×8×8×1 images (values 0..16 scaled to 0..255), with a fixed
-    stratified test split."""
-    from sklearn.datasets import load_digits
+    stratified test split (seed 0)."""
+    (images, labels), (test_images, test_labels) = digits_split(DIGITS_TEST_FRACTION, seed=0)
+    return _digit_pixels(images), labels, _digit_pixels(test_images), test_labels
 
-    digits = load_digits()
-    images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
-    labels = digits.target.astype(np.int64)
-    train, test = stratified_split(labels, round(DIGITS_TEST_FRACTION * len(labels)), np.random.default_rng(0))
-    return images[train], labels[train], images[test], labels[test]
+
+def _digit_pixels(images: np.ndarray) -> np.ndarray:
+    return np.round(images * (255 / 16)).astype(np.uint8)[..., None]
 
 
 def _repeat(values: tuple[float, ...], channels: int) -> tuple[float, ...]:

@@ -6,28 +6,27 @@
 - CIFAR-100, binary version (``cifar-100-binary/``): ``train.bin`` and ``test.bin``, 3074-byte
   records: a coarse and a fine label byte, then the 3072 pixel bytes. The fine label is the class.
 - ImageFolder (ImageNet's layout): ``<root>/<split>/<class folder>/<image>``; classes are the
-  training folders in sorted order.
+  training folders in sorted order. Read as torchvision's ImageFolder reads it.
 
 The binary files are read with numpy as raw bytes; nothing is ever unpickled. Only numpy and
-PIL are imported here, so that the suite side can write smoke data without torch.
+PIL are imported at the top (torchvision within :func:`scan_image_folder`), so that the suite
+side can write smoke data without torch.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from harness_plugins.common.files import atomic_directory
 
 from . import cifar_files
 
 PIXELS = 32 * 32 * 3
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 CIFAR_LABEL_BYTES = {"cifar10": 1, "cifar100": 2}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 # -- CIFAR binary ------------------------------------------------------------------------------------
@@ -68,28 +67,24 @@ def load_cifar(directory: Path, dataset: str, split: str) -> tuple[np.ndarray, n
 
 
 def scan_image_folder(root: Path, classes: Sequence[str] | None = None) -> tuple[list[str], list[str], np.ndarray]:
-    """(classes, image paths, labels) of ``root/<class>/<image>``, in sorted order.
+    """(classes, image paths, labels) of ``root/<class>/<image>``, in sorted order, as torchvision's
+    ImageFolder finds them (:func:`~torchvision.datasets.folder.find_classes`,
+    :func:`~torchvision.datasets.folder.make_dataset`, its image extensions).
 
     ``classes`` (the training split's) maps folder names to labels; a folder outside it is an error.
     """
-    root = Path(root)
-    found = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
-    if classes is None:
-        classes = found
-    index = {name: i for i, name in enumerate(classes)}
-    unknown = [name for name in found if name not in index]
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    found, _ = find_classes(root)
+    classes = found if classes is None else list(classes)
+    unknown = [name for name in found if name not in classes]
     if unknown:
         raise ValueError(f"{root}: class folders {unknown[:5]} are not among the {len(classes)} training classes")
-    paths: list[str] = []
-    labels: list[int] = []
-    for name in found:
-        files = sorted(e.path for e in os.scandir(root / name) if e.is_file() and
-                       e.name.lower().endswith(IMAGE_EXTENSIONS))
-        paths += files
-        labels += [index[name]] * len(files)
-    if not paths:
-        raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
-    return list(classes), paths, np.asarray(labels, dtype=np.int64)
+    samples = make_dataset(root, {name: i for i, name in enumerate(classes)}, extensions=IMG_EXTENSIONS,
+                           allow_empty=True)
+    if not samples:
+        raise ValueError(f"{root}: no images ({', '.join(IMG_EXTENSIONS)}) in its class folders")
+    return classes, [path for path, _ in samples], np.asarray([label for _, label in samples], dtype=np.int64)
 
 
 # -- smoke data --------------------------------------------------------------------------------------
@@ -102,27 +97,6 @@ def write_smoke_data(dataset: str, directory: Path) -> None:
     else:
         per_class = (5, 2) if dataset == "cifar10" else (2, 1)
         atomic_directory(Path(directory), lambda tmp: write_cifar(tmp, dataset, *per_class))
-
-
-def atomic_directory(directory: Path, fill: Callable[[Path], None]) -> None:
-    """Create ``directory`` by filling a temporary sibling and renaming it into place, so a reader
-    never sees it half written; if it exists (another process won the race), keep that one."""
-    if directory.is_dir():
-        return
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-    try:
-        fill(tmp)
-        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the data from other users
-        try:
-            os.rename(tmp, directory)
-        except OSError:
-            if not directory.is_dir():
-                raise
-            shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def smoke_images(labels: np.ndarray, shape: tuple[int, int], seed: int) -> np.ndarray:

@@ -29,11 +29,13 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from harness.inject import build_with_norm
+from .inject import build_with_norm
 
 NormLayer = Callable[..., nn.Module]
-#: Keyword arguments a plain norm layer may get from a model; anything else (``act_layer``,
-#: ``apply_act``, ``inplace``) means the model wants a norm+activation layer.
+#: Keyword arguments a model may pass to a plain norm layer; anything else (``act_layer``,
+#: ``apply_act``, ``inplace``) means the model wants a norm+activation layer. They only tell the
+#: two calls apart: of these, the core's ``norm_layer`` (:meth:`harness.Norm.layer`) passes on
+#: ``device`` and ``dtype`` and drops the model's ``eps`` and ``momentum``: the suite's values apply.
 PLAIN_NORM_KWARGS = frozenset({"device", "dtype", "eps", "momentum"})
 
 __all__ = ["AllCNNC", "CifarResNet", "allcnn_c", "cifar_resnet18", "cifar_resnet20", "cifar_resnet34",
@@ -51,13 +53,17 @@ def create(name: str, norm_layer: NormLayer, **kwargs: Any) -> nn.Module:
     norm everywhere (timm's ResNets, the networks here); otherwise, when it rejects the argument,
     asks for a norm+activation layer (EfficientNet, RegNet: BatchNormAct2d) or keeps batch norms
     it did not build with it, it is built as is and every batch norm is swapped
-    (:func:`harness.inject.swap_batchnorm`, which keeps the activation of a norm+act layer).
+    (:func:`.inject.swap_batchnorm`, which keeps the activation of a norm+act layer).
     Either way, a model without any place for the norm is an error, not a silent baseline.
+    An ``eps`` or ``momentum`` the model passes is handed on to ``norm_layer``; the core's
+    (:meth:`harness.Norm.layer`) drops it, so the norm keeps the suite's values.
     """
     builder = functools.partial(timm.create_model, name, pretrained=False)
     made: list[nn.Module] = []
 
     def plain_norm(num_features: int, **kw: Any) -> nn.Module:  # a function: timm accepts it as a layer type
+        # PLAIN_NORM_KWARGS only recognises a plain-norm call; the model's eps/momentum in it are
+        # dropped by the core's norm_layer
         unexpected = set(kw) - PLAIN_NORM_KWARGS
         if unexpected:
             raise NotAPlainNorm(f"called with {sorted(unexpected)}")

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import Splits
+from harness_plugins.common.metrics import ClassificationSums
 
 from . import ClassificationConfig
 from .data import load_splits
@@ -17,6 +18,7 @@ from .formats import CIFAR_CLASSES
 from .models import create
 
 ECE_BINS = 15
+SUMS = ClassificationSums(topk=5, ece_bins=ECE_BINS)
 
 
 class ClassificationTask:
@@ -63,51 +65,16 @@ class ClassificationTask:
         return F.cross_entropy(outputs, targets, label_smoothing=self.config.label_smoothing)
 
     def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Sums over the batch (so the metrics do not depend on how the split was batched):
-        correct top-1 / top-5, summed NLL, and per confidence bin its count, summed confidence
-        and correct predictions. They stay on the device, as views of one vector: the harness
-        moves all batches' statistics to the host at once, after the last batch."""
-        return dict(zip(stat_names(), classification_sums(outputs, targets).unbind(), strict=True))
+        """Sums over the batch (:class:`harness_plugins.common.metrics.ClassificationSums`): correct
+        top-1 / top-5, summed NLL, and per confidence bin its count, summed confidence and correct
+        predictions, left on the device."""
+        return SUMS.batch(outputs, targets)
 
     def reduce(self, stats: Sequence[Mapping[str, float]]) -> dict[str, float]:
-        return reduce_sums(stats)
+        """top1, top5, nll (mean) and ECE over 15 equal-width confidence bins (Guo et al. 2017)."""
+        return SUMS.reduce(stats)
 
 
 def stat_names() -> list[str]:
-    bins = [f"{kind}{b}" for b in range(ECE_BINS) for kind in ("bin_count", "bin_conf", "bin_correct")]
-    return ["count", "top1", "top5", "nll", *bins]
-
-
-def classification_sums(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The additive statistics of :func:`stat_names` as one float32 vector on the outputs' device.
-
-    ``outputs`` are logits or log-probabilities (a log-softmax of either is the same). A sample
-    with top confidence p falls in bin ⌈15·p⌉ − 1: 15 equal-width bins over (0, 1]. The per-bin
-    sums are sums over the bins' one-hot matrix, built by comparison: no bincount or scatter, which
-    have no deterministic CUDA kernel, and no float64 (slow on GPUs). Float32 sums
-    over one batch are exact enough; batches are added up on the host in Python floats.
-    """
-    logp = F.log_softmax(outputs.detach().float(), dim=1)
-    top = logp.topk(min(5, logp.shape[1]), dim=1)
-    hit = top.indices == targets[:, None]
-    correct = hit[:, 0].float()
-    confidence = top.values[:, 0].exp()
-    bins = (confidence * ECE_BINS).ceil().long().clamp(1, ECE_BINS) - 1
-    one_hot = (bins[:, None] == torch.arange(ECE_BINS, device=bins.device)).float()  # N × bins
-    per_sample = torch.stack([torch.ones_like(confidence), confidence, correct], dim=1)  # N × 3
-    # bins × (count, confidence, correct); a product and a sum rather than a matmul, so that neither
-    # TF32 nor an autocast region can round the confidences
-    per_bin = (one_hot[:, :, None] * per_sample[:, None, :]).sum(dim=0)
-    head = torch.stack([per_sample[:, 0].sum(), correct.sum(), hit.any(dim=1).float().sum(),
-                        -logp.gather(1, targets[:, None]).sum()])
-    return torch.cat([head, per_bin.flatten()])
-
-
-def reduce_sums(stats: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """top1, top5, nll (mean) and ECE = Σ_bins |correct − confidence| / N (Guo et al. 2017)."""
-    total = {name: sum(float(s[name]) for s in stats) for name in stat_names()}
-    n = total["count"]
-    if not n:
-        raise ValueError("no evaluation samples to reduce")
-    gap = sum(abs(total[f"bin_correct{b}"] - total[f"bin_conf{b}"]) for b in range(ECE_BINS))
-    return {"top1": total["top1"] / n, "top5": total["top5"] / n, "nll": total["nll"] / n, "ece": gap / n}
+    """The names of :meth:`ClassificationTask.batch_stats`, in order."""
+    return SUMS.names

@@ -10,7 +10,7 @@ registration; numpy, sklearn and torch are imported by the run-time side in ``ta
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -60,6 +60,10 @@ class ToyConfig(TaskConfig):
 
     def variant_label(self) -> str:
         return self.dataset
+
+    def axis_label(self, key: str, value: Any) -> str:
+        """A ``dataset`` axis names its variants by the dataset alone (``spiral``, ``digits``)."""
+        return str(value) if key == "dataset" else super().axis_label(key, value)
 
 
 @hookimpl

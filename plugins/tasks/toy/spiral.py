@@ -15,13 +15,12 @@ import csv
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from harness_plugins.common.files import atomic_directory
 
 from . import ToyConfig
 
@@ -74,11 +73,9 @@ def write_spiral(directory: Path, config: ToyConfig) -> None:
     """Generate every split from one ``default_rng(data_seed)`` and write them atomically.
 
     The splits are drawn in the fixed order train, test, val, unlabeled, so the optional ones
-    never change the train and test data. Files go to a temporary sibling directory that is
-    renamed into place, so a crash never leaves a half-written data set; if another process
-    renamed its copy first, that identical copy is kept.
+    never change the train and test data. The directory is written whole or not at all
+    (:func:`harness_plugins.common.files.atomic_directory`); if it exists, it is kept.
     """
-    directory = Path(directory)
     rng = np.random.default_rng(config.data_seed)
     sizes = {
         "train": config.points_per_class,
@@ -86,9 +83,8 @@ def write_spiral(directory: Path, config: ToyConfig) -> None:
         "val": config.val_points_per_class,
         "unlabeled": config.unlabeled_per_class,
     }
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-    try:
+
+    def fill(tmp: Path) -> None:
         for name, n in sizes.items():
             if n == 0:
                 continue
@@ -98,15 +94,8 @@ def write_spiral(directory: Path, config: ToyConfig) -> None:
             _write_csv(tmp / f"{name}.csv", x, y)
         meta = json.dumps(spiral_params(config), indent=2, sort_keys=True) + "\n"
         (tmp / "meta.json").write_text(meta, encoding="utf-8")
-        try:
-            os.rename(tmp, directory)
-        except OSError:
-            if not (directory / "meta.json").is_file():
-                raise
-            shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_directory(directory, fill)
 
 
 def _write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> None:
@@ -136,8 +125,7 @@ def read_split(directory: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
 def load_spiral(data_root: Path, config: ToyConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The labeled splits (train, test and, if configured, val), generating the files if missing."""
     directory = spiral_dir(data_root, config)
-    if not directory.is_dir():
-        write_spiral(directory, config)
+    write_spiral(directory, config)  # unless it is there
     meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
     if meta != spiral_params(config):
         raise ValueError(f"{directory}/meta.json does not match the configured spiral; remove the directory")

@@ -13,11 +13,14 @@ from torch.utils.data import TensorDataset
 
 from harness import Splits
 from harness.protocol import InputDataset
+from harness_plugins.common.datasets import DIGIT_CLASSES, digits_split, stratified_split
+from harness_plugins.common.metrics import ClassificationSums
 
 from . import ToyConfig
-from .digits import CLASSES as DIGIT_CLASSES
-from .digits import load_digit_splits
 from .spiral import load_spiral, read_split, spiral_dir
+
+#: accuracy (top-1) and mean NLL
+SUMS = ClassificationSums()
 
 
 class ToyTask:
@@ -86,24 +89,31 @@ class ToyTask:
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs, targets)
 
-    def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor | float]:
-        """Sums, so that metrics over the whole split do not depend on how it was batched. They
-        stay on the device (no wait for it per batch); the harness moves them all at the end."""
-        logits = outputs.detach().float()
-        return {
-            "correct": (logits.argmax(dim=1) == targets).sum(),
-            "nll_sum": F.nll_loss(F.log_softmax(logits, dim=1), targets, reduction="sum"),
-            "count": float(targets.numel()),
-        }
+    def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Sums (:class:`harness_plugins.common.metrics.ClassificationSums`), left on the device."""
+        return SUMS.batch(outputs, targets)
 
     def reduce(self, stats: Sequence[Mapping[str, torch.Tensor | float]]) -> dict[str, float]:
-        count = sum(float(s["count"]) for s in stats)
-        if not count:
-            raise ValueError("no evaluation samples to reduce")
-        return {
-            "accuracy": sum(float(s["correct"]) for s in stats) / count,
-            "nll": sum(float(s["nll_sum"]) for s in stats) / count,
-        }
+        metrics = SUMS.reduce(stats)
+        return {"accuracy": metrics["top1"], "nll": metrics["nll"]}
+
+
+def load_digit_splits(config: ToyConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Train, test, val (unless ``val_fraction`` is 0) and unlabeled (unless ``unlabeled_fraction``
+    is 0) of sklearn's digits: X float32 [n, 1, 8, 8] in [0, 1], y int64 (the unlabeled split's y
+    is for the caller to drop).
+
+    Val and test fractions are of the whole data set; the test split is taken first, so changing
+    ``val_fraction`` leaves the test set unchanged. ``unlabeled_fraction`` is of what remains for
+    training, split off last, so it changes neither test nor val. Every split is stratified with
+    ``data_seed`` (:func:`harness_plugins.common.datasets.stratified_split`).
+    """
+    (images, y), test = digits_split(config.test_fraction, config.data_seed)
+    rest, val = stratified_split(y, round(config.val_fraction * (len(y) + len(test[1]))), config.data_seed)
+    train, unlabeled = stratified_split(y, round(config.unlabeled_fraction * len(rest)), config.data_seed, among=rest)
+    splits = {"train": (images[train], y[train]), "test": test, "val": (images[val], y[val]),
+              "unlabeled": (images[unlabeled], y[unlabeled])}
+    return {name: ((x / 16).astype(np.float32)[:, None], labels) for name, (x, labels) in splits.items() if len(x)}
 
 
 def _tensor_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:

@@ -1,6 +1,7 @@
 """Putting a norm into a model: through the builder's ``norm_layer`` when it has one, else by swap.
 
-torch is imported inside the functions so that light code may import this module.
+Used by :func:`.models.create`; torch is imported inside the functions so that light code may
+import this module.
 """
 
 from __future__ import annotations

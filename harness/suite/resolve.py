@@ -1,107 +1,25 @@
-"""A suite file (TOML) turned into a validated :class:`Suite`, or every problem with it.
-
-The schema is pydantic, so types and unknown keys are checked by the library; the checks that
-need the plugins (does the norm exist, does it fit the task) follow. Each problem names the
-file, the key (``[[norm]]`` entries are counted from 1) and what is allowed.
-"""
+"""A suite file (TOML) resolved against the plugins into a :class:`Suite`, or every problem
+with it: the task and norms exist, the task's keys and each norm's parameters validate against
+their config models, and each norm fits the task it is compared on."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import itertools
-import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError
 
-from .errors import Problem, UserError
-from .norm import Norm, Param
-from .plugins import Registry
-from .task import Task, TaskConfig
-
-SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SuiteSection(_Strict):
-    name: str = Field(pattern=SLUG, description="letters, digits, '_', '.', '-'")
-    version: int = 1
-    description: str = ""
-    seeds: list[int] = Field(min_length=1)
-    metric: str
-    baseline: str | None = None
-    storage: str | None = Field(None, description="an SQLAlchemy URL; default: a SQLite file under runs/")
-    data_root: str | None = Field(None, description="where real datasets live; default: $HARNESS_DATA or data/")
-
-    @field_validator("seeds")
-    @classmethod
-    def _unique(cls, seeds: list[int]) -> list[int]:
-        if len(set(seeds)) != len(seeds):
-            raise ValueError("seeds must be distinct")
-        return seeds
-
-
-class TaskSection(BaseModel):
-    """``use`` plus the task's own keys, which the task's config model validates."""
-
-    model_config = ConfigDict(extra="allow")
-    use: str
-
-
-class NormSection(BaseModel):
-    """``use``, an optional ``label`` (needed when one norm appears twice) and its parameters."""
-
-    model_config = ConfigDict(extra="allow")
-    use: str
-    label: str | None = Field(None, pattern=SLUG)
-
-
-class SearchRange(_Strict):
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: list[Any] | None = None
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> SearchRange:
-        if (self.choices is None) == (self.low is None or self.high is None):
-            raise ValueError("give either low and high, or choices")
-        if self.low is not None and self.high is not None and self.low >= self.high:
-            raise ValueError("low must be below high")
-        return self
-
-
-class SearchSection(_Strict):
-    trials: int = Field(ge=1)
-    epochs: int | None = Field(None, ge=1)
-    sampler: Literal["tpe", "random"] = "tpe"
-    pruner: Literal["none", "median", "hyperband"] = "median"
-    space: dict[str, SearchRange] = {}
-
-
-class SuiteFile(_Strict):
-    plugins: list[str] = []
-    suite: SuiteSection
-    task: TaskSection
-    matrix: dict[str, list[Any]] = {}
-    norm: list[NormSection] = Field(min_length=1)
-    exclude: list[dict[str, Any]] = []
-    search: SearchSection | None = None
-
-    @field_validator("matrix")
-    @classmethod
-    def _non_empty_axes(cls, matrix: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        for key, values in matrix.items():
-            if not values:
-                raise ValueError(f"axis {key!r} has no values")
-        return matrix
+from ..errors import Problem, UserError, did_you_mean
+from ..norm import Norm, NormConfig
+from ..plugins import Registry
+from ..task import Task, TaskConfig
+from . import problems
+from .schema import SearchSection, SuiteFile
 
 
 @dataclass(frozen=True)
@@ -119,8 +37,13 @@ class NormSpec:
 
     label: str
     norm: Norm
-    params: dict[str, Any]
+    config: NormConfig
     index: int  # position in the file, counted from 1, for messages
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters the suite sets (the others are the config's defaults)."""
+        return self.config.model_dump(mode="json", include=self.config.model_fields_set)
 
 
 @dataclass
@@ -155,9 +78,9 @@ class Suite:
         """A problem for every variant whose data is not under ``data_root``."""
         problems: dict[str, Problem] = {}  # variants reading the same data share one message
         for variant in self.variants:
-            why = variant.config.missing_data(data_root)
-            if why and why not in problems:
-                problems[why] = Problem(str(self.path), "task.dataset", why)
+            missing = variant.config.missing_data(data_root)
+            if missing and missing[1] not in problems:
+                problems[missing[1]] = Problem(str(self.path), f"task.{missing[0]}", missing[1])
         return list(problems.values())
 
     def runtime_problems(self) -> list[Problem]:
@@ -190,7 +113,7 @@ def load_suite(path: str | Path, registry: Registry) -> Suite:
     try:
         parsed = SuiteFile.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(_problems(shown, exc)) from None
+        raise UserError(problems.of_file(shown, exc)) from None
     return _Resolver(path, shown, parsed, registry, hashlib.sha256(text.encode()).hexdigest()).resolve()
 
 
@@ -199,17 +122,17 @@ class _Resolver:
 
     def __init__(self, path: Path, shown: str, parsed: SuiteFile, registry: Registry, digest: str):
         self.path, self.shown, self.parsed, self.registry, self.digest = path, shown, parsed, registry, digest
-        self.problems: list[Problem] = []
+        self.found: list[Problem] = []
 
     def problem(self, key: str, message: str) -> None:
-        self.problems.append(Problem(self.shown, key, message))
+        self.found.append(Problem(self.shown, key, message))
 
     def resolve(self) -> Suite:
         p = self.parsed
         plugin_files = self._load_plugin_files()
         task = self._lookup("task", p.task.use, "task.use", self.registry.tasks)
         if task is None:
-            raise UserError(self.problems)
+            raise UserError(self.found)
         variants = self._variants(task)
         norms = self._norms()
         if p.suite.metric not in task.metrics:
@@ -224,8 +147,8 @@ class _Resolver:
                 if (variant.label, spec.label) not in excluded:
                     self._check_fit(task, variant, spec)
         self._check_search(task)
-        if self.problems:
-            raise UserError(self.problems)
+        if self.found:
+            raise UserError(self.found)
         return Suite(
             path=self.path, name=p.suite.name, version=p.suite.version, description=p.suite.description,
             seeds=p.suite.seeds, metric=p.suite.metric, direction=task.metrics.get(p.suite.metric, "max"),
@@ -259,8 +182,9 @@ class _Resolver:
         if name in known:
             return known[name]
         if not conflict:
-            self.problem(key, f"unknown {kind} {name!r}; available: {', '.join(sorted(known)) or 'none'} "
-                         f"(`harness list {kind}s`; a plugin that failed to load is shown by `harness plugins`)")
+            self.problem(key, f"unknown {kind} {name!r}{did_you_mean(name, known)}; available: "
+                         f"{', '.join(sorted(known)) or 'none'} (`harness list {kind}s`; a plugin that failed to "
+                         "load is shown by `harness plugins`)")
         return None
 
     def _variants(self, task: Task) -> list[Variant]:
@@ -275,9 +199,9 @@ class _Resolver:
                 for err in exc.errors():
                     top = str(err["loc"][0]) if err["loc"] else ""
                     section = "matrix" if top in axes else "task"
-                    self.problem(_key(section, err["loc"]), _message(err, task.config))
+                    self.problem(problems.key(section, err["loc"]), problems.message(err, task.config))
                 return []
-            label = _variant_label(axes, config)
+            label = ",".join(config.axis_label(k, v) for k, v in axes.items()) or config.variant_label()
             variants.append(Variant(label=label, config=config, axes=axes))
         return variants
 
@@ -288,30 +212,18 @@ class _Resolver:
             norm = self._lookup("norm", entry.use, f"{key}.use", self.registry.norms)
             if norm is None:
                 continue
-            params = dict(entry.model_extra or {})
-            known = norm.parameters()
-            if known is not None:
-                for name in params:
-                    if name not in known:
-                        self.problem(f"{key}.{name}", f"norm {norm.name!r} has no parameter {name!r}; "
-                                     f"known: {', '.join(sorted(known)) or 'none'}")
-                for name, value in params.items():
-                    if name in known:
-                        self._check_param(f"{key}.{name}", known[name], value)
+            try:
+                config = norm.config.model_validate(entry.model_extra or {})
+            except ValidationError as exc:
+                self.found += problems.of_model(self.shown, key, exc, norm.config)
+                continue
             label = entry.label or entry.use
             if label in seen:
                 self.problem(f"{key}.label", f"label {label!r} is already used by norm[{seen[label]}]; "
                              "give each entry of the same norm its own `label`")
             seen[label] = i + 1
-            specs.append(NormSpec(label=label, norm=norm, params=params, index=i + 1))
+            specs.append(NormSpec(label=label, norm=norm, config=config, index=i + 1))
         return specs
-
-    def _check_param(self, key: str, param: Param, value: Any) -> None:
-        if param.choices is not None and value not in param.choices:
-            self.problem(key, f"{value!r} is not allowed; choose one of {list(param.choices)}")
-        elif param.default is not None and not _same_kind(param.default, value):
-            self.problem(key, f"expected {type(param.default).__name__} (like the default "
-                         f"{param.default!r}), got {type(value).__name__} {value!r}")
 
     def _exclusions(self, variants: list[Variant], norms: list[NormSpec]) -> set[tuple[str, str]]:
         excluded = set()
@@ -353,55 +265,9 @@ class _Resolver:
             if head == "norm":
                 continue  # a norm parameter, checked against each norm when the search runs
             if head not in fields:
-                self.problem(f"search.space.{path}", f"{head!r} is not a key of task {task.name!r}; "
-                             f"known: {', '.join(sorted(fields))}")
+                self.problem(f"search.space.{path}", f"{head!r} is not a key of task {task.name!r}"
+                             f"{did_you_mean(head, fields)}; known: {', '.join(sorted(fields))}")
             elif rest:
                 sub = fields[head].annotation
                 if not (isinstance(sub, type) and issubclass(sub, BaseModel) and rest in sub.model_fields):
                     self.problem(f"search.space.{path}", f"{rest!r} is not a key of [task] {head}")
-
-
-def _same_kind(default: Any, value: Any) -> bool:
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) and isinstance(value, bool)
-    if isinstance(default, (int, float)):
-        return isinstance(value, (int, float))
-    return isinstance(value, type(default))
-
-
-def _variant_label(axes: dict[str, Any], config: TaskConfig) -> str:
-    if not axes:
-        return config.variant_label()
-    return ",".join(str(v) if k == "dataset" else f"{k}={v}" for k, v in axes.items())
-
-
-def _key(section: str, loc: tuple[Any, ...]) -> str:
-    key = section
-    for part in loc:
-        key += f"[{part + 1}]" if isinstance(part, int) else f".{part}"
-    return key
-
-
-def _message(err: Any, model: type[BaseModel] | None = None) -> str:
-    if err["type"] == "extra_forbidden":
-        allowed = f"; allowed: {', '.join(sorted(model.model_fields))}" if model else ""
-        return f"unknown key (check the spelling){allowed}"
-    if err["type"] == "missing":
-        return "required key is missing"
-    return f"{err['msg']} (got {json.dumps(err.get('input'), default=str)})"
-
-
-_SECTIONS: dict[str, type[BaseModel]] = {"suite": SuiteSection, "search": SearchSection}
-
-
-def _problems(shown: str, exc: ValidationError) -> list[Problem]:
-    problems = []
-    for err in exc.errors():
-        loc = err["loc"]
-        if len(loc) <= 1:  # a top-level key
-            problems.append(Problem(shown, ".".join(map(str, loc)), _message(err, SuiteFile)))
-            continue
-        section = str(loc[0])
-        model = _SECTIONS.get(section) if len(loc) == 2 else None
-        problems.append(Problem(shown, _key(section, loc[1:]), _message(err, model)))
-    return problems

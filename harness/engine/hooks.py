@@ -1,0 +1,135 @@
+"""The mmengine hooks of a trial: progress, losses and training time (:class:`TrialHook`), and
+the norm protocol's epoch boundary (:class:`ProtocolHook`)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.runner import Runner
+
+from ..events import EpochEnd
+from ..protocol import NormProtocol
+from .model import TaskModel
+
+# mmengine's logger writes every LOG_INTERVAL iterations; the harness reads the losses from the
+# device at the same points (and at each epoch's end).
+LOG_INTERVAL = 50
+
+
+class TrialHook(Hook):
+    """Stops on a non-finite loss, measures training time and reports progress to the worker.
+
+    Highest priority: its epoch timer starts before and stops before the other hooks' epoch
+    work (checkpoint saving), so ``train_seconds`` is the training loop itself; and it runs
+    before mmengine's logger, to which it hands the losses.
+
+    The losses stay on the device: every ``LOG_INTERVAL`` iterations and at the end of each
+    epoch one transfer reads them all (the only wait for the device that the harness adds to
+    training), checks that they are finite and passes them to mmengine's message hub.
+    """
+
+    priority = "HIGHEST"
+
+    def __init__(self, on_epoch: Callable[[EpochEnd], None], model: TaskModel | None = None) -> None:
+        self.on_epoch = on_epoch
+        self.model = model
+        self.samples = 0  # labeled samples trained on, counted batch by batch
+        self.curves: dict[str, list[float]] = {"train_loss": []}
+        self.train_seconds = 0.0
+        self.epochs_trained = 0
+        self.peak_cuda_bytes = 0  # mmengine's logger resets CUDA's peak counter; the hook keeps the peak
+        self._loss_sum = 0.0
+        self._iters = 0
+        self._epoch_start = 0.0
+        self._pending: list[tuple[int, list[str], list[torch.Tensor]]] = []  # (batch_idx, names, losses)
+
+    def before_train_epoch(self, runner: Runner) -> None:
+        self._loss_sum, self._iters = 0.0, 0
+        self._pending = []
+        self._epoch_start = time.perf_counter()
+
+    def after_train_iter(self, runner: Runner, batch_idx: int, data_batch: Any = None,
+                         outputs: Mapping[str, Any] | None = None) -> None:
+        losses = dict(outputs or {})
+        if self.model is not None and self.model.step_losses is not None:
+            losses.update(self.model.step_losses)
+            self.model.step_losses = None
+        self._pending.append((batch_idx, list(losses), [torch.as_tensor(v).float() for v in losses.values()]))
+        self.samples += _batch_size(data_batch)
+        self._track_peak()
+        if (batch_idx + 1) % LOG_INTERVAL == 0 or self.end_of_epoch(runner.train_dataloader, batch_idx):
+            self._flush(runner)
+
+    def _flush(self, runner: Runner) -> None:
+        """Read the pending losses in one transfer; fail on the first non-finite one."""
+        pending, self._pending = self._pending, []
+        flat = [t for _, _, tensors in pending for t in tensors]
+        values = iter(_host_values(flat))
+        for batch_idx, names, _ in pending:
+            logged = {name: next(values) for name in names}
+            loss = logged.get("loss", math.nan)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at epoch {runner.epoch + 1}, iteration {batch_idx + 1}")
+            self._loss_sum += loss
+            self._iters += 1
+            for name, value in logged.items():
+                runner.message_hub.update_scalar(f"train/{name}", value)
+
+    def _track_peak(self) -> None:
+        if torch.cuda.is_initialized():  # a host-side query of the caching allocator, no wait
+            self.peak_cuda_bytes = max(self.peak_cuda_bytes, torch.cuda.max_memory_allocated())
+
+    def after_val_iter(self, runner: Runner, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+        self._track_peak()
+
+    def after_test_iter(self, runner: Runner, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+        self._track_peak()
+
+    def after_train_epoch(self, runner: Runner) -> None:
+        if self._pending:
+            self._flush(runner)
+        self.train_seconds += time.perf_counter() - self._epoch_start
+        self.epochs_trained += 1
+        self.curves["train_loss"].append(self._loss_sum / max(self._iters, 1))
+        self.on_epoch(EpochEnd(runner.epoch + 1, runner.max_epochs, self.curves["train_loss"][-1]))
+
+    def after_val_epoch(self, runner: Runner, metrics: Mapping[str, float] | None = None) -> None:
+        for name, value in (metrics or {}).items():
+            self.curves.setdefault(f"val_{name}", []).append(float(value))
+
+
+def _host_values(tensors: Sequence[torch.Tensor]) -> list[float]:
+    """Python floats of 0-d tensors, with one transfer per device (stack, then copy)."""
+    values: list[float] = [0.0] * len(tensors)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_device.setdefault(t.device, []).append(i)
+    for indices in by_device.values():
+        for i, v in zip(indices, torch.stack([tensors[i] for i in indices]).tolist(), strict=True):
+            values[i] = v
+    return values
+
+
+class ProtocolHook(Hook):
+    """Calls the norm's protocol at the start of each training epoch (the work after each
+    optimizer step is :meth:`TaskModel.train_step`'s)."""
+
+    priority = "ABOVE_NORMAL"
+
+    def __init__(self, protocol: NormProtocol, net: torch.nn.Module) -> None:
+        self.protocol = protocol
+        self.net = net
+
+    def before_train_epoch(self, runner: Runner) -> None:
+        self.protocol.before_train_epoch(self.net, runner.epoch)
+
+
+def _batch_size(batch: Any) -> int:
+    """Samples in a training batch: ``(inputs, targets[, extra])`` or mmengine's ``{"inputs": ...}``."""
+    first = batch["inputs"] if isinstance(batch, Mapping) else batch[0]
+    return len(first)

@@ -1,0 +1,72 @@
+"""The suite's optimizer and learning-rate schedule as mmengine configs: mmengine builds the
+optimizer wrapper (mixed precision included) and the schedulers from them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..task import TaskConfig
+from .model import TaskModel
+
+
+def optim_wrapper_cfg(config: TaskConfig, model: TaskModel, device: str) -> dict[str, Any]:
+    """mmengine's ``optim_wrapper`` for the suite's optimizer over the model's parameters; the
+    parameters the norm's protocol names (``no_weight_decay``) get no weight decay.
+
+    Mixed precision where asked, on CUDA (on CPU ``amp`` is ignored: CPU autocast is slower
+    than float32 on most CPUs, and the harness's CPU runs are its reference). bf16 keeps
+    float32's exponent range, so it trains without a loss scale (and without the scaler's
+    per-step check for infinite gradients, a wait for the device); fp16 gets mmengine's dynamic
+    loss scale. It applies to every norm alike: no option of the harness favours one norm."""
+    opt = config.optimizer
+    if opt.name == "sgd":
+        optimizer = dict(type="SGD", lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
+                         weight_decay=opt.weight_decay)
+    else:
+        optimizer = dict(type={"adam": "Adam", "adamw": "AdamW"}[opt.name], lr=opt.lr, betas=tuple(opt.betas),
+                         weight_decay=opt.weight_decay)
+    cfg: dict[str, Any] = dict(type="OptimWrapper", optimizer=optimizer)
+    dtype = config.amp_dtype
+    if dtype is not None and device.startswith("cuda"):
+        cfg.update(type="AmpOptimWrapper", dtype=dtype)
+        if dtype == "bfloat16":
+            cfg["loss_scale"] = dict(enabled=False)
+    no_decay = _names(model, model.protocol.no_weight_decay(model.net))
+    if no_decay:
+        cfg["paramwise_cfg"] = dict(custom_keys={name: dict(decay_mult=0.0) for name in no_decay})
+    return cfg
+
+
+def _names(model: TaskModel, params: list[Any]) -> list[str]:
+    """The names of ``params`` in ``model``. mmengine's ``custom_keys`` match a parameter whose
+    name contains the key, so a name inside another parameter's name is refused."""
+    wanted = {id(p) for p in params}
+    names = [name for name, p in model.named_parameters() if id(p) in wanted]
+    everything = [name for name, _ in model.named_parameters()]
+    for name in names:
+        clash = [other for other in everything if name in other and other != name]
+        if clash:
+            raise ValueError(f"cannot exempt {name!r} from weight decay alone: mmengine's custom_keys would "
+                             f"match {clash[0]!r} too")
+    return names
+
+
+def scheduler_cfg(config: TaskConfig) -> list[dict[str, Any]]:
+    """mmengine epoch-based schedulers for the suite's ``schedule``, after an optional warm-up."""
+    s, epochs = config.schedule, config.epochs
+    warm = min(s.warmup_epochs, epochs)
+    schedulers: list[dict[str, Any]] = []
+    if warm:
+        schedulers.append(dict(type="LinearLR", start_factor=1.0 / (warm + 1), by_epoch=True, begin=0,
+                               end=warm, convert_to_iter_based=True))
+    # mmengine counts a scheduler's steps from its `begin`: milestones and decays start at epoch 0
+    # so that they mean the epochs the papers give, and the warm-up overlaps them (as in mmdet).
+    whole = dict(by_epoch=True, begin=0, end=epochs)
+    if s.name == "multistep":
+        schedulers.append(dict(type="MultiStepLR", milestones=s.milestones, gamma=s.gamma, **whole))
+    elif s.name == "cosine":
+        schedulers.append(dict(type="CosineAnnealingLR", T_max=epochs - warm, eta_min=0.0, by_epoch=True,
+                               begin=warm, end=epochs))
+    elif s.name == "exponential":
+        schedulers.append(dict(type="ExponentialLR", gamma=s.gamma, **whole))
+    return schedulers
