@@ -137,3 +137,17 @@ def test_listing_one_norm_shows_its_config(workdir: Path) -> None:
     assert rows["projection"][:2] == ["bool", "False"] and "projection" in result.stdout.splitlines()[-1]
     unknown = run_cli("list", "norms", "batchnrom", cwd=workdir)
     assert unknown.returncode == 2 and "unknown norm 'batchnrom' (did you mean 'batchnorm'" in unknown.stderr
+
+
+def test_the_readmes_norm_plugin_passes_the_conformance_kit(workdir: Path) -> None:
+    """The plugin example a newcomer copies from the README registers and conforms as written."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Writing a norm plugin"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("```\n", 10)]
+    (workdir / "my_norm.py").write_text(code)
+    result = run_cli("check-norm", "scaled_bn", "--plugin", "my_norm.py", "--param", "factor=0.25", cwd=workdir,
+                     env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAIL" not in result.stdout and result.stdout.count("ok") >= 6
+    bad = run_cli("check-norm", "scaled_bn", "--plugin", "my_norm.py", "--param", "factor=-1", cwd=workdir)
+    assert bad.returncode == 2 and "--param.factor: Input should be greater than 0" in bad.stderr, bad.stderr
