@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+
 from ..task import TaskConfig
 from .model import TaskModel
 
 
 def optim_wrapper_cfg(config: TaskConfig, model: TaskModel, device: str) -> dict[str, Any]:
     """mmengine's ``optim_wrapper`` for the suite's optimizer over the model's parameters; the
-    parameters the norm's protocol names (``no_weight_decay``) get no weight decay.
+    parameters the norm's protocol names (``no_weight_decay``) get no weight decay
+    (:class:`ProtocolDecayConstructor`).
 
     Mixed precision where asked, on CUDA (on CPU ``amp`` is ignored: CPU autocast is slower
     than float32 on most CPUs, and the harness's CPU runs are its reference). bf16 keeps
@@ -31,24 +35,24 @@ def optim_wrapper_cfg(config: TaskConfig, model: TaskModel, device: str) -> dict
         cfg.update(type="AmpOptimWrapper", dtype=dtype)
         if dtype == "bfloat16":
             cfg["loss_scale"] = dict(enabled=False)
-    no_decay = _names(model, model.protocol.no_weight_decay(model.net))
-    if no_decay:
-        cfg["paramwise_cfg"] = dict(custom_keys={name: dict(decay_mult=0.0) for name in no_decay})
+    if model.protocol.no_weight_decay(model.net):
+        cfg.update(constructor="ProtocolDecayConstructor", paramwise_cfg=dict(protocol_no_decay=True))
     return cfg
 
 
-def _names(model: TaskModel, params: list[Any]) -> list[str]:
-    """The names of ``params`` in ``model``. mmengine's ``custom_keys`` match a parameter whose
-    name contains the key, so a name inside another parameter's name is refused."""
-    wanted = {id(p) for p in params}
-    names = [name for name, p in model.named_parameters() if id(p) in wanted]
-    everything = [name for name, _ in model.named_parameters()]
-    for name in names:
-        clash = [other for other in everything if name in other and other != name]
-        if clash:
-            raise ValueError(f"cannot exempt {name!r} from weight decay alone: mmengine's custom_keys would "
-                             f"match {clash[0]!r} too")
-    return names
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
+class ProtocolDecayConstructor(DefaultOptimWrapperConstructor):
+    """mmengine's constructor with two parameter groups: the parameters the norm's protocol
+    names (``no_weight_decay``, e.g. weights projected to unit norm) without weight decay, and
+    all the others. mmengine's ``custom_keys`` would match names by substring and make a group
+    per parameter, and a GPU's multi-tensor optimizer step runs once per group."""
+
+    def add_params(self, params: list[dict[str, Any]], module: TaskModel, prefix: str = "",
+                   is_dcn_module: Any = None) -> None:
+        skip = {id(p) for p in module.protocol.no_weight_decay(module.net)}
+        trained = [p for p in module.parameters() if p.requires_grad]
+        params.append({"params": [p for p in trained if id(p) not in skip]})
+        params.append({"params": [p for p in trained if id(p) in skip], "weight_decay": 0.0})
 
 
 def scheduler_cfg(config: TaskConfig) -> list[dict[str, Any]]:
