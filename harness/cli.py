@@ -93,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:
-        for problem in exc.problems:
+        for problem in exc.problems[:MAX_PROBLEMS]:
             print(f"error: {problem}", file=sys.stderr)
+        if len(exc.problems) > MAX_PROBLEMS:
+            print(f"error: … and {len(exc.problems) - MAX_PROBLEMS} more problem(s) like these", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume", file=sys.stderr)
@@ -224,6 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _require_devices(plans, gpus, suite)
     if not args.worker_only:  # every (model, norm) pair trains one step on CPU, or the run stops here (exit 2)
         require_buildable(suite, plans, data_root, echo=not args.quiet)
+    _require_writable(out)
     url = _storage_url(args, suite)
     book = TrialBook(open_storage(url, heartbeat=args.heartbeat), plans)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
@@ -339,6 +342,9 @@ def cmd_check_norm(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+#: Problems printed at once; a file with hundreds (a pasted wrong file, say) shows the first ones.
+MAX_PROBLEMS = 20
+
 COMMANDS = {"run": cmd_run, "status": cmd_status, "check": cmd_check, "leaderboard": cmd_leaderboard,
             "list": cmd_list, "plugins": cmd_plugins, "check-norm": cmd_check_norm}
 
@@ -372,6 +378,20 @@ def _require_data(suite: Any, data_root: Path) -> None:
     problems = suite.missing_data(data_root) + suite.runtime_problems()
     if problems:
         raise UserError(problems)
+
+
+def _require_writable(out: Path) -> None:
+    """The run and leaderboard folders can be written, checked before any trial is claimed (a
+    trial must not be left RUNNING, nor hours of training end without a leaderboard)."""
+    import tempfile
+
+    for folder in (out / "runs", out / "leaderboard"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as exc:
+            raise UserError(_arg_problem("--out", f"cannot write in {folder} ({exc.strerror or exc}); choose "
+                                         "another --out or fix its permissions")) from None
 
 
 def _require_devices(plans: list[Any], gpus: list[Any], suite: Any) -> None:

@@ -46,13 +46,13 @@ class NormConfig(BaseModel):
     """A norm's parameters: the keys its ``[[norm]]`` entry in a suite may set.
 
     Subclass it per norm with a field per parameter (type, default, bounds, ``description``).
-    The suite's values are checked strictly (``epochs = "1"`` is an error, not a coercion) and
-    unknown keys are refused. ``protocol_only`` names the fields only the norm's protocol reads;
-    the layer factory gets the others as keyword arguments. A config composed of several (mixin)
-    configs has the union of their ``protocol_only``.
+    The suite's values are checked strictly (``momentum = "0.1"`` is an error, not a coercion),
+    NaN and infinity are refused, and so are unknown keys. ``protocol_only`` names the fields
+    only the norm's protocol reads; the layer factory gets the others as keyword arguments. A
+    config composed of several (mixin) configs has the union of their ``protocol_only``.
     """
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
     protocol_only: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod

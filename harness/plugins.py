@@ -75,7 +75,7 @@ class Registry:
                 continue
             try:
                 module = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's, not ours
+            except BaseException as exc:  # noqa: BLE001 - any import failure (SystemExit too) is the plugin's
                 info.error = _describe(exc)
                 continue
             self._add(module, info)
@@ -134,7 +134,7 @@ class Registry:
 
             try:
                 impl.function(register=register)
-            except Exception as exc:  # noqa: BLE001
+            except BaseException as exc:  # noqa: BLE001 - a plugin's hook may raise anything
                 info.error = _describe(exc)
 
     # -- queries ---------------------------------------------------------------------------

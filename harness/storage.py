@@ -8,6 +8,9 @@ gone, or its heartbeat is stale) and enqueued again. There is no queue besides O
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import os
 import socket
 import threading
@@ -21,6 +24,7 @@ import optuna
 from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
+from .errors import Problem, UserError
 from .plan import StudyPlan
 
 HEARTBEAT_SECONDS = 30
@@ -37,10 +41,39 @@ def default_url(out_dir: Path, suite_name: str) -> str:
 
 
 def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS) -> RDBStorage:
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    """Optuna's storage at ``url``, its schema created on first use. A new SQLite file is created
+    under a lock, so that two runs started together do not both create the tables. What a user
+    can fix (a missing driver, an unreachable, unwritable or corrupted database) is a
+    :class:`~harness.errors.UserError` naming the URL, its password hidden."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise UserError(Problem("--storage", "", f"{url!r} is not an SQLAlchemy URL")) from None
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
+    try:
+        with _creation_lock(url):
+            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                              grace_period=2 * heartbeat)
+    except (ImportError, OSError, SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        reason = " ".join(str(exc).split("\n")[0].split())[:300]
+        raise UserError(Problem(shown, "", f"cannot open the trial storage ({type(exc).__name__}: {reason})")) from None
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str) -> Iterator[None]:
+    """An exclusive lock beside a SQLite file while its schema is created (other databases
+    serialize that themselves)."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(url.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def worker_id() -> str:
@@ -111,10 +144,16 @@ class TrialBook:
 
     def _fail_dead(self, study: optuna.Study) -> None:
         host = socket.gethostname()
+        grace = datetime.timedelta(seconds=self.storage.grace_period or 2 * HEARTBEAT_SECONDS)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = str(trial.user_attrs.get("worker", ""))
             worker_host, _, pid = owner.rpartition(":")
-            if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+            dead = worker_host == host and pid.isdigit() and not _alive(int(pid))
+            # Claimed, but the worker died before it recorded itself and a heartbeat: nobody else
+            # would ever fail it (Optuna's stale check needs a heartbeat).
+            ownerless = not owner and trial.datetime_start is not None and \
+                datetime.datetime.now() - trial.datetime_start > grace
+            if dead or ownerless:
                 self._finish(self._id(study, trial), "worker-died", "the worker process ended during the trial")
         fail_stale_trials(study)  # other machines: Optuna's heartbeat
 

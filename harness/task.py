@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -19,21 +19,21 @@ from .norm import DIMS, resolve
 class OptimizerConfig(BaseModel):
     """``optimizer = {...}`` in ``[task]``: handed to mmengine's optimizer wrapper."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
 
 
 class ScheduleConfig(BaseModel):
     """``schedule = {...}`` in ``[task]``: an epoch-based learning-rate schedule."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: Literal["constant", "multistep", "cosine", "exponential"] = "constant"
-    milestones: list[int] = []
+    milestones: list[Annotated[int, Field(ge=0)]] = []
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: int = Field(0, ge=0)
 
@@ -47,10 +47,12 @@ class ScheduleConfig(BaseModel):
 class TaskConfig(BaseModel):
     """Keys every task accepts in ``[task]``; a task subclasses it with its own keys.
 
-    Unknown keys are errors, so that a typo never silently falls back to a default.
+    Unknown keys are errors, so that a typo never silently falls back to a default; NaN and
+    infinity are refused. A suite's values are validated strictly (a TOML string is never a
+    number, a number never a boolean: :mod:`harness.suite.resolve`).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     #: Keys that change how a model trains but not what it is nor its input shape: the pre-flight
     #: check builds variants that differ only in these once. A task adds its own such keys.
     training_keys: ClassVar[frozenset[str]] = frozenset({
@@ -74,6 +76,13 @@ class TaskConfig(BaseModel):
     num_workers: int = Field(0, ge=0, description="data-loading worker processes")
     devices: int = Field(1, ge=1, description="processes per trial, one per GPU, started with torchrun "
                          "(DDP; gloo on CPU); batch_size is per device")
+
+    @model_validator(mode="after")
+    def _milestones_within_epochs(self) -> TaskConfig:
+        late = [m for m in self.schedule.milestones if m >= self.epochs]
+        if late:
+            raise ValueError(f"schedule.milestones {late} are not below epochs = {self.epochs}, so they never apply")
+        return self
 
     @field_validator("amp", mode="before")
     @classmethod

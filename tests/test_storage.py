@@ -55,7 +55,7 @@ def test_a_seed_enqueued_twice_runs_once(book: TrialBook) -> None:
 def test_a_dead_local_worker_is_found_and_its_trial_resumed(book: TrialBook) -> None:
     book.sync()
     claim = book.claim()
-    book.storage.set_trial_user_attr(claim.trial._trial_id, "worker", f"{socket.gethostname()}:999999999")
+    book.storage.set_trial_user_attr(claim.trial_id, "worker", f"{socket.gethostname()}:999999999")
     book.sync()
     failed = [t for t in book.trials(claim.plan) if t.state == TrialState.FAIL]
     assert [t.user_attrs["fail_kind"] for t in failed] == ["worker-died"]
@@ -66,10 +66,10 @@ def test_a_dead_local_worker_is_found_and_its_trial_resumed(book: TrialBook) -> 
 def test_a_silent_remote_worker_is_failed_by_its_heartbeat(book: TrialBook) -> None:
     book.sync()
     claim = book.claim()
-    book.storage.set_trial_user_attr(claim.trial._trial_id, "worker", "elsewhere:1")
+    book.storage.set_trial_user_attr(claim.trial_id, "worker", "elsewhere:1")
     time.sleep(4)  # past the grace of two one-second intervals (SQLite times have 1 s resolution)
     book.sync()
-    trial = book.storage.get_trial(claim.trial._trial_id)
+    trial = book.storage.get_trial(claim.trial_id)
     assert trial.state == TrialState.FAIL
     assert (claim.seed, "WAITING") in states(book)
 

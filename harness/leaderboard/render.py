@@ -4,6 +4,7 @@ analysis, ``<suite>.json`` with versions and the suite's hash for provenance."""
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import statistics
@@ -42,8 +43,8 @@ def markdown(board: Board) -> str:
     s = board.suite
     arrow = "higher is better" if s.direction == "max" else "lower is better"
     lines = [f"# Leaderboard: {s.name}", ""]
-    if s.description:
-        lines += [s.description, ""]
+    if s.description:  # the suite's own text: escaped, so that it cannot add markup to the page
+        lines += [html.escape(s.description), ""]
     lines += [
         f"Task `{s.task.name}`; primary metric **{s.metric}** ({arrow}); seeds {s.seeds}; "
         f"baseline `{s.baseline or 'none'}`. Suite version {s.version}, sha256 `{s.digest[:12]}`.",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,10 +107,15 @@ def load_suite(path: str | Path, registry: Registry) -> Suite:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UserError(Problem(shown, "", f"cannot read the suite file ({exc.strerror})")) from None
+    except UnicodeDecodeError as exc:
+        raise UserError(Problem(shown, "", f"not a UTF-8 text file (byte {exc.start}: {exc.reason}); a suite is "
+                                "TOML, which is UTF-8")) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(Problem(shown, "", f"not valid TOML: {exc}")) from None
+    except RecursionError:
+        raise UserError(Problem(shown, "", "arrays or tables nested too deeply to read")) from None
     try:
         parsed = SuiteFile.model_validate(raw)
     except ValidationError as exc:
@@ -147,6 +153,9 @@ class _Resolver:
                 if (variant.label, spec.label) not in excluded:
                     self._check_fit(task, variant, spec)
         self._check_search(task)
+        if p.suite.data_root and (self.path.parent / p.suite.data_root).is_file():
+            self.problem("suite.data_root", f"{p.suite.data_root!r} is a file; give the folder that holds the "
+                         "datasets (relative to the suite file)")
         if self.found:
             raise UserError(self.found)
         return Suite(
@@ -160,15 +169,19 @@ class _Resolver:
     def _load_plugin_files(self) -> list[Path]:
         files = []
         for i, name in enumerate(self.parsed.plugins):
-            file = (self.path.parent / name).resolve()
             key = f"plugins[{i + 1}]"
+            try:
+                file = (self.path.parent / name).resolve()
+            except (OSError, RuntimeError) as exc:  # a symlink loop
+                self.problem(key, f"plugin file {name!r} cannot be resolved: {exc}")
+                continue
             if not file.is_file():
                 self.problem(key, f"plugin file {name!r} not found (looked for {file}); paths are "
                              "relative to the suite file")
                 continue
             try:
                 self.registry.load_file(file)
-            except Exception as exc:  # noqa: BLE001 - report any import failure of user code
+            except BaseException as exc:  # noqa: BLE001 - user code may raise anything, SystemExit included
                 self.problem(key, f"plugin file {name!r} failed to load: {type(exc).__name__}: {exc}")
                 continue
             files.append(file)
@@ -193,8 +206,8 @@ class _Resolver:
         variants = []
         for combo in itertools.product(*matrix.values()):
             axes = dict(zip(matrix, combo, strict=True))
-            try:
-                config = task.config.model_validate({**base, **axes})
+            try:  # strictly, as TOML types them: a JSON round trip keeps arrays for tuples
+                config = task.config.model_validate_json(json.dumps({**base, **axes}, default=str), strict=True)
             except ValidationError as exc:
                 for err in exc.errors():
                     top = str(err["loc"][0]) if err["loc"] else ""
@@ -234,11 +247,16 @@ class _Resolver:
                 self.problem(f"exclude[{i + 1}]", f"unknown keys {sorted(unknown)}; use 'norm' and the "
                              f"task keys {sorted(task_keys)}")
                 continue
-            for v in variants:
-                for n in norms:
-                    values = {"norm": n.label, **v.config.model_dump(), **v.axes}
-                    if all(values.get(k) == want for k, want in rule.items()):
-                        excluded.add((v.label, n.label))
+            matched = {(v.label, n.label) for v in variants for n in norms
+                       if all({"norm": n.label, **v.config.model_dump(), **v.axes}.get(k) == want
+                              for k, want in rule.items())}
+            if not matched and variants and len(norms) == len(self.parsed.norm):
+                self.problem(f"exclude[{i + 1}]", f"matches no planned trial (norm labels: "
+                             f"{', '.join(n.label for n in norms)}; variants: {', '.join(v.label for v in variants)}); "
+                             "check its values or remove it")
+            excluded |= matched
+        if variants and norms and len(excluded) == len(variants) * len(norms):
+            self.problem("exclude", "the [[exclude]] rules leave no trial to run")
         return excluded
 
     def _check_fit(self, task: Task, variant: Variant, spec: NormSpec) -> None:

@@ -4,22 +4,26 @@ library's checks. What needs the plugins (names, task and norm parameters) is
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+#: Names become file and directory names (runs/<suite>/, leaderboard/<suite>.json).
+NAME_LENGTH = 100
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """TOML has real types: a quoted number or a word for a boolean is refused, not coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class SuiteSection(_Strict):
-    name: str = Field(pattern=SLUG, description="letters, digits, '_', '.', '-'")
-    version: int = 1
+    name: str = Field(pattern=SLUG, max_length=NAME_LENGTH, description="letters, digits, '_', '.', '-'")
+    version: int = Field(1, ge=1)
     description: str = ""
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] = Field(min_length=1)
     metric: str
     baseline: str | None = None
     storage: str | None = Field(None, description="an SQLAlchemy URL; default: a SQLite file under runs/")
@@ -32,11 +36,31 @@ class SuiteSection(_Strict):
             raise ValueError("seeds must be distinct")
         return seeds
 
+    @field_validator("storage")
+    @classmethod
+    def _a_known_database(cls, url: str | None) -> str | None:
+        """A parseable SQLAlchemy URL of a dialect SQLAlchemy knows (its driver is checked at run)."""
+        if url is None:
+            return url
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            make_url(url).get_dialect()
+        except NoSuchModuleError:  # before its base class, ArgumentError
+            raise ValueError(f"unknown database dialect {make_url(url).drivername!r} (sqlite, postgresql, mysql, "
+                             "…)") from None
+        except ArgumentError:
+            raise ValueError("not an SQLAlchemy URL (e.g. sqlite:///runs/x.db or postgresql://user@host/db)") from None
+        except ImportError:
+            return url  # a known dialect whose driver is not installed: `harness run` says so
+        return url
+
 
 class TaskSection(BaseModel):
     """``use`` plus the task's own keys, which the task's config model validates."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     use: str
 
 
@@ -44,9 +68,9 @@ class NormSection(BaseModel):
     """``use``, an optional ``label`` (needed when one norm appears twice) and its parameters,
     which the norm's config model validates."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     use: str
-    label: str | None = Field(None, pattern=SLUG)
+    label: str | None = Field(None, pattern=SLUG, max_length=NAME_LENGTH)
 
 
 class SearchRange(_Strict):
@@ -87,6 +111,9 @@ class SuiteFile(_Strict):
         for key, values in matrix.items():
             if not values:
                 raise ValueError(f"axis {key!r} has no values")
+            repeated = sorted({repr(v) for i, v in enumerate(values) if v in values[:i]})
+            if repeated:
+                raise ValueError(f"axis {key!r} repeats {', '.join(repeated)}: its trials would run twice")
         return matrix
 
 
