@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -104,3 +105,30 @@ def test_two_workers_share_the_work_without_duplicates(tmp_path: Path) -> None:
     assert len(per_study) <= 9
     assert (work / "runs" / "worker-1.log").is_file()
     assert "`none`" in (work / "leaderboard" / "shared.md").read_text()
+
+
+def test_a_resume_point_survives_a_kill_while_checkpoints_are_written(tmp_path: Path) -> None:
+    """mmengine truncates ``last_checkpoint`` before writing it, and writes a checkpoint in place:
+    a kill can leave the first empty and the newest checkpoint cut short. The trial then resumes
+    from the one before (two are kept); with none readable it trains again from epoch 0, and
+    says so. Both end complete, on the real engine."""
+    from test_engine_options import toy_request
+
+    from harness.engine import run_trial
+    from harness.engine.recipe import resume_point
+
+    work = tmp_path / "trial"
+    run_trial(toy_request(tmp_path, name="trial", epochs=3))
+    assert sorted(p.name for p in work.glob("epoch_*.pth")) == ["epoch_2.pth", "epoch_3.pth"]
+    newest = work / "epoch_3.pth"
+    newest.write_bytes(newest.read_bytes()[:1000])  # cut short by the kill
+    (work / "last_checkpoint").write_text("")  # truncated, not yet written
+    assert resume_point(work) == work / "epoch_2.pth"
+    resumed = run_trial(replace(toy_request(tmp_path, name="trial", epochs=3), resume=True))
+    assert (resumed.resumed_from_epoch, resumed.restarted) == (2, "")
+
+    for checkpoint in work.glob("epoch_*.pth"):
+        checkpoint.write_bytes(b"garbage")
+    assert resume_point(work) is None
+    again = run_trial(replace(toy_request(tmp_path, name="trial", epochs=3), resume=True))
+    assert again.resumed_from_epoch == 0 and "trained again from epoch 0" in again.restarted

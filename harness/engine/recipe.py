@@ -51,16 +51,21 @@ class TrialResult:
     cost: dict[str, float]
     env: dict[str, str]
     resumed_from_epoch: int = 0
+    restarted: str = ""  # why a trial to be resumed trained from the start instead
     evaluations: dict[str, dict[str, Any]] | None = None  # name -> {"oracle": bool, "summary": str}
 
 
 def run_trial(request: TrialRequest, on_epoch: Callable[[EpochEnd], None] = lambda end: None) -> TrialResult:
     """Train and evaluate one (task configuration, norm, seed) and return what was measured."""
     start_rss = current_rss_mb()
-    if request.resume:
+    resume, checkpoint, restarted = request.resume, None, ""
+    if resume:
         # mmengine 0.10 checkpoints hold its HistoryBuffer and numpy scalars, which torch>=2.6's
         # weights-only loader refuses; the checkpoint is this trial's own file, written by us.
         os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+        checkpoint = resume_point(request.work_dir)
+        if checkpoint is None:
+            resume, restarted = False, "no readable checkpoint to resume from: trained again from epoch 0"
     if request.threads:
         torch.set_num_threads(request.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # where mmengine's Runner puts the model
@@ -109,14 +114,17 @@ def run_trial(request: TrialRequest, on_epoch: Callable[[EpochEnd], None] = lamb
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=LOG_INTERVAL),
             param_scheduler=dict(type="ParamSchedulerHook"),
-            checkpoint=dict(type="CheckpointHook", interval=config.checkpoint_interval, max_keep_ckpts=1,
+            # Two kept: mmengine removes the oldest before it writes the newest, so the one that
+            # `last_checkpoint` names survives a kill while the next is written.
+            checkpoint=dict(type="CheckpointHook", interval=config.checkpoint_interval, max_keep_ckpts=2,
                             save_last=True),
         ),
         custom_hooks=[hook, ProtocolHook(protocol, net)],
         visualizer=dict(type="Visualizer", vis_backends=[dict(type="TensorboardVisBackend")],
                         name=f"vis-{os.getpid()}-{time.time_ns()}"),
         randomness=dict(seed=request.seed, deterministic=config.deterministic),
-        resume=request.resume,
+        resume=resume,
+        load_from=str(checkpoint) if checkpoint else None,  # mmengine resumes from it
         launcher="pytorch" if world > 1 else "none",
         # Per-device batch statistics as in the papers; every rank evaluates with rank 0's buffers.
         cfg=dict(model_wrapper_cfg=dict(
@@ -161,7 +169,30 @@ def run_trial(request: TrialRequest, on_epoch: Callable[[EpochEnd], None] = lamb
         "parameters": float(sum(p.numel() for p in net.parameters())),
     }
     return TrialResult(metrics=metrics, curves=hook.curves, cost=cost, env=environment(device, config),
-                       resumed_from_epoch=resumed_from, evaluations=evaluations)
+                       resumed_from_epoch=resumed_from, evaluations=evaluations, restarted=restarted)
+
+
+def resume_point(work_dir: Path) -> Path | None:
+    """The checkpoint an interrupted trial resumes from: the one mmengine's ``last_checkpoint``
+    names if it is readable, else the newest readable ``epoch_N.pth``; None when there is none.
+
+    A kill can leave ``last_checkpoint`` empty (mmengine truncates it, then writes it) or name a
+    checkpoint cut short; the one before is kept (``max_keep_ckpts=2``) and is the resume point."""
+    numbered = [p for p in work_dir.glob("epoch_*.pth") if p.stem.partition("_")[2].isdigit()]
+    candidates = sorted(numbered, key=lambda p: int(p.stem.partition("_")[2]), reverse=True)
+    try:
+        named = Path((work_dir / "last_checkpoint").read_text().strip())
+        if named.name:
+            candidates = [named, *(c for c in candidates if c != named)]
+    except OSError:
+        pass
+    for checkpoint in candidates:
+        try:
+            torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+        except Exception:  # noqa: BLE001 - cut short, missing or not a checkpoint: try the one before
+            continue
+        return checkpoint
+    return None
 
 
 def distributed_rank() -> tuple[int, int]:

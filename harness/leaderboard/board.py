@@ -131,6 +131,7 @@ def _tidy(plan: StudyPlan, seed: int, trial: FrozenTrial) -> dict[str, Any]:
     row["fail_kind"] = attrs.get("fail_kind", "") if trial.state == TrialState.FAIL else ""
     row["fail_reason"] = attrs.get("fail_reason", "") if trial.state == TrialState.FAIL else ""
     row["resumed_from_epoch"] = attrs.get("resumed_from_epoch", 0)
+    row["restarted"] = attrs.get("restarted", "")
     evaluations = attrs.get("evaluations") or {}
     row["oracle_evaluations"] = ",".join(sorted(n for n, info in evaluations.items() if info.get("oracle")))
     return row
