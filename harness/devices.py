@@ -18,12 +18,12 @@ import fcntl
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import Problem, UserError
+from .locks import file_lock
 
 FAKE_ENV = "HARNESS_FAKE_GPUS"
 LOCKS_ENV = "HARNESS_GPU_LOCKS"
@@ -173,7 +173,7 @@ class GpuPool:
         if count > len(self.gpus):
             raise ValueError(f"{count} GPU(s) needed, {len(self.gpus)} selected")
         self.directory.mkdir(parents=True, exist_ok=True)
-        with _locked(self.directory / "queue.lock", waiting):
+        with file_lock(self.directory / "queue.lock", waiting):
             told = False
             while (lease := self.try_acquire(count)) is None:
                 if not told:
@@ -181,17 +181,3 @@ class GpuPool:
                     told = True
                 time.sleep(poll)
         return lease
-
-
-@contextmanager
-def _locked(path: Path, waiting: Callable[[], None]) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            waiting()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import os
 import socket
 import threading
@@ -25,6 +24,7 @@ from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import Problem, UserError
+from .locks import file_lock
 from .plan import StudyPlan
 
 HEARTBEAT_SECONDS = 30
@@ -71,8 +71,7 @@ def _creation_lock(url: str) -> Iterator[None]:
         return
     path = Path(url.removeprefix("sqlite:///"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(path.with_name(path.name + ".lock")):
         yield
 
 
