@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mmengine.runner import Runner, TestLoop, set_random_seed
+from mmengine.runner import Runner, TestLoop, find_latest_checkpoint, set_random_seed
 from torch.utils.data import DataLoader
 
 from ..events import EpochEnd
@@ -180,12 +180,9 @@ def resume_point(work_dir: Path) -> Path | None:
     checkpoint cut short; the one before is kept (``max_keep_ckpts=2``) and is the resume point."""
     numbered = [p for p in work_dir.glob("epoch_*.pth") if p.stem.partition("_")[2].isdigit()]
     candidates = sorted(numbered, key=lambda p: int(p.stem.partition("_")[2]), reverse=True)
-    try:
-        named = Path((work_dir / "last_checkpoint").read_text().strip())
-        if named.name:
-            candidates = [named, *(c for c in candidates if c != named)]
-    except OSError:
-        pass
+    named = find_latest_checkpoint(str(work_dir))  # mmengine's reading of `last_checkpoint`
+    if named:
+        candidates = [Path(named), *(c for c in candidates if c != Path(named))]
     for checkpoint in candidates:
         try:
             torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
