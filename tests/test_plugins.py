@@ -3,6 +3,7 @@ reported while the rest work, duplicates named, plugins disabled by environment,
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -98,9 +99,15 @@ def test_a_local_plugin_file_that_fails_to_import(workdir: Path) -> None:
     assert "plugins[1]: plugin file 'broken.py' failed to load: ModuleNotFoundError" in result.stderr
 
 
-@pytest.mark.parametrize("module", ["harness_plugins.norms", "harness_plugins.norms.unified",
-                                    "harness_plugins.norms.bayesian", "harness_plugins.norms.batchstats",
-                                    "harness_plugins.tasks.toy", "harness_plugins.tasks.classification"])
+BUILT_IN_ENTRY_POINTS = sorted(ep.value for ep in importlib.metadata.entry_points(group="harness")
+                               if ep.value.startswith("harness_plugins."))
+
+
+def test_every_built_in_plugin_is_an_entry_point() -> None:
+    assert len(BUILT_IN_ENTRY_POINTS) >= 6, BUILT_IN_ENTRY_POINTS
+
+
+@pytest.mark.parametrize("module", BUILT_IN_ENTRY_POINTS)
 def test_registration_imports_no_torch(module: str) -> None:
     """Each built-in entry point registers without torch, mmengine or timm (``harness list`` and
     ``harness check`` stay fast): the modules are imported on first use inside a trial."""
