@@ -133,6 +133,15 @@ class NormProtocol:
         training as ``norm/name`` beside the task's metrics."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the protocol carries from one epoch to the next outside the model's parameters
+        and buffers (e.g. a counter): saved with every checkpoint, so that a resumed trial
+        continues exactly. Randomness needs none: every epoch starts from seeded generators."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
 
 def chain(protocols: Sequence[NormProtocol]) -> NormProtocol:
     """One protocol from several (a norm with projection and Bayesian scale, say)."""
@@ -183,6 +192,13 @@ class _Chain(NormProtocol):
 
     def metrics(self, net: nn.Module) -> dict[str, float]:
         return {k: v for p in self.parts for k, v in p.metrics(net).items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [p.state_dict() for p in self.parts]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for part, saved in zip(self.parts, state["parts"], strict=True):
+            part.load_state_dict(saved)
 
 
 def _labels(dataset: Dataset) -> torch.Tensor:

@@ -71,8 +71,9 @@ class TaskConfig(BaseModel):
     compile: bool = Field(False, strict=True, description="torch.compile the model (the network, not the norm's "
                           "protocol code)")
     deterministic: bool = Field(False, strict=True, description="deterministic kernels (torch.use_deterministic_"
-                                "algorithms, cuDNN deterministic, cuBLAS workspace); false: cudnn.benchmark, as "
-                                "timm and mmdet train")
+                                "algorithms, cuDNN deterministic, cuBLAS workspace) and loader workers restarted "
+                                "each epoch, so a resumed trial repeats an uninterrupted one; false: "
+                                "cudnn.benchmark and persistent workers, as timm and mmdet train")
     num_workers: int = Field(0, ge=0, description="data-loading worker processes")
     devices: int = Field(1, ge=1, description="processes per trial, one per GPU, started with torchrun "
                          "(DDP; gloo on CPU); batch_size is per device")

@@ -173,18 +173,18 @@ def test_ubn_loader_yields_ratio_unlabeled_inputs_reshuffled_and_cycled(tmp_path
     assert len(pool.unique(dim=0)) == 30
     ctx = _ctx(nn.Identity(), splits.train, splits.test, config, unlabeled=splits.unlabeled)
     loader = UnsupervisedProtocol(ratio=3).train_loader(ctx, 8)
-    drawn = []
+    epochs = []
     for _ in range(3):
         batches = list(loader)
         assert len(batches) == 2  # 20 labeled points, batches of 8, the last partial one dropped
         for x, y, u in batches:
             assert x.shape == (8, 2) and y.shape == (8,) and u.shape == (24, 2)
-            drawn.append(u)
-    rows = torch.cat(drawn)
-    index = [int((pool == row).all(dim=1).nonzero()) for row in rows]
-    cycles = [index[k:k + 30] for k in range(0, 120, 30)]
-    assert all(sorted(c) == list(range(30)) for c in cycles), "every unlabeled point once per pass"
-    assert len({tuple(c) for c in cycles}) == 4, "a new order every pass"
+        rows = torch.cat([u for _, _, u in batches])
+        epochs.append([int((pool == row).all(dim=1).nonzero()) for row in rows])
+    for drawn in epochs:  # 48 draws an epoch: one whole pass, then the start of the next
+        assert sorted(drawn[:30]) == list(range(30)), "every unlabeled point once per pass"
+        assert len(set(drawn[30:])) == 18 and drawn[30:] != drawn[:18], "a new order every pass"
+    assert len({tuple(drawn) for drawn in epochs}) == 3, "a new order every epoch"
     assert UnsupervisedProtocol(ratio=0).train_loader(ctx, 8) is None
 
 

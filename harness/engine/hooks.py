@@ -1,13 +1,17 @@
-"""The mmengine hooks of a trial: progress, losses and training time (:class:`TrialHook`), and
-the norm protocol's epoch boundary (:class:`ProtocolHook`)."""
+"""The mmengine hooks of a trial: progress, losses and training time (:class:`TrialHook`), the
+norm protocol's epoch boundary (:class:`ProtocolHook`), and what an exact resume needs: every
+random stream seeded per epoch (:class:`EpochSeedHook`) and the checkpoint's share of the
+harness (:class:`ResumeHook`)."""
 
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
@@ -41,7 +45,8 @@ class TrialHook(Hook):
         self.samples = 0  # labeled samples trained on, counted batch by batch
         self.curves: dict[str, list[float]] = {"train_loss": []}
         self.train_seconds = 0.0
-        self.epochs_trained = 0
+        self.epochs_trained = 0  # by this process (a resumed trial counts from its checkpoint)
+        self.validated_epoch = 0  # the last epoch after which validation ran
         self.peak_cuda_bytes = 0  # mmengine's logger resets CUDA's peak counter; the hook keeps the peak
         self._loss_sum = 0.0
         self._iters = 0
@@ -101,6 +106,17 @@ class TrialHook(Hook):
     def after_val_epoch(self, runner: Runner, metrics: Mapping[str, float] | None = None) -> None:
         for name, value in (metrics or {}).items():
             self.curves.setdefault(f"val_{name}", []).append(float(value))
+        self.validated_epoch = runner.epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The records a resumed trial continues: curves, samples and training time so far."""
+        return {"curves": self.curves, "samples": self.samples, "train_seconds": self.train_seconds,
+                "validated_epoch": self.validated_epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.curves = {name: list(values) for name, values in state["curves"].items()}
+        self.samples, self.train_seconds = state["samples"], state["train_seconds"]
+        self.validated_epoch = state["validated_epoch"]
 
 
 def _host_values(tensors: Sequence[torch.Tensor]) -> list[float]:
@@ -133,3 +149,58 @@ def _batch_size(batch: Any) -> int:
     """Samples in a training batch: ``(inputs, targets[, extra])`` or mmengine's ``{"inputs": ...}``."""
     first = batch["inputs"] if isinstance(batch, Mapping) else batch[0]
     return len(first)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of a trial's epoch: distinct for every (seed, epoch) pair (``seed + epoch`` would
+    give seed 0's second epoch the randomness of seed 1's first), and within numpy's 32 bits."""
+    return int(np.random.SeedSequence((seed, epoch)).generate_state(1)[0])
+
+
+class EpochSeedHook(Hook):
+    """Seeds every random stream of the trial from (trial seed, epoch) as each training epoch
+    starts: torch's on every device, numpy's, Python's, and the trial's generator that orders
+    the training batches. What an epoch draws then depends on nothing that ran before it
+    (validation, checkpointing, a restart), so a trial resumed at an epoch boundary draws what an
+    uninterrupted one draws. Host-side only: seeding a CUDA generator does not wait for the
+    device."""
+
+    priority = "VERY_HIGH"  # before the protocol's epoch start and mmengine's sampler seeding
+
+    def __init__(self, seed: int, generator: torch.Generator) -> None:
+        self.seed = seed
+        self.generator = generator
+
+    def before_train_epoch(self, runner: Runner) -> None:
+        seed = epoch_seed(self.seed, runner.epoch)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # every device's generator
+        self.generator.manual_seed(seed)
+
+
+class ResumeHook(Hook):
+    """The harness's share of a checkpoint, for a resume that repeats an uninterrupted trial.
+
+    mmengine's checkpoint holds the model, the optimizer (with AMP's loss scaler), the
+    schedulers and the message hub. This adds the norm protocol's state (counters, latches)
+    and the trial's records (:meth:`TrialHook.state_dict`). A kill after a checkpoint is written
+    and before its epoch's validation runs would lose that validation: a resumed trial runs it
+    first."""
+
+    def __init__(self, protocol: NormProtocol, trial: TrialHook) -> None:
+        self.protocol = protocol
+        self.trial = trial
+
+    def before_save_checkpoint(self, runner: Runner, checkpoint: dict[str, Any]) -> None:
+        checkpoint["harness"] = {"protocol": self.protocol.state_dict(), "trial": self.trial.state_dict()}
+
+    def after_load_checkpoint(self, runner: Runner, checkpoint: dict[str, Any]) -> None:
+        self.protocol.load_state_dict(checkpoint["harness"]["protocol"])
+        self.trial.load_state_dict(checkpoint["harness"]["trial"])
+
+    def before_train(self, runner: Runner) -> None:
+        loop, epoch = runner.train_loop, runner.epoch
+        due = epoch >= loop.val_begin and (epoch % loop.val_interval == 0 or epoch == loop.max_epochs)
+        if epoch and due and self.trial.validated_epoch < epoch:
+            runner.val_loop.run()

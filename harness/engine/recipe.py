@@ -24,7 +24,7 @@ from ..events import EpochEnd
 from ..norm import Norm, NormConfig
 from ..task import Task, TaskConfig, TaskImpl
 from .costs import current_rss_mb, environment, peak_memory_mb
-from .hooks import LOG_INTERVAL, ProtocolHook, TrialHook
+from .hooks import LOG_INTERVAL, EpochSeedHook, ProtocolHook, ResumeHook, TrialHook
 from .model import TaskMetric, build_model, build_net
 from .optim import optim_wrapper_cfg, scheduler_cfg
 
@@ -89,7 +89,7 @@ def run_trial(request: TrialRequest, on_epoch: Callable[[EpochEnd], None] = lamb
     train_loader = protocol.train_loader(ctx, config.batch_size) or DataLoader(
         splits.train, batch_size=config.batch_size, generator=generator,
         drop_last=len(splits.train) > config.batch_size * world, num_workers=config.num_workers,
-        persistent_workers=config.num_workers > 0, pin_memory=pin,
+        persistent_workers=_persistent_workers(config), pin_memory=pin,
         **_sampling(splits.train, world, rank, request.seed))
     _pin(train_loader, pin)
     eval_split = splits.val if splits.val is not None else splits.test
@@ -119,7 +119,8 @@ def run_trial(request: TrialRequest, on_epoch: Callable[[EpochEnd], None] = lamb
             checkpoint=dict(type="CheckpointHook", interval=config.checkpoint_interval, max_keep_ckpts=2,
                             save_last=True),
         ),
-        custom_hooks=[hook, ProtocolHook(protocol, net)],
+        custom_hooks=[hook, EpochSeedHook(request.seed, generator), ProtocolHook(protocol, net),
+                      ResumeHook(protocol, hook)],
         visualizer=dict(type="Visualizer", vis_backends=[dict(type="TensorboardVisBackend")],
                         name=f"vis-{os.getpid()}-{time.time_ns()}"),
         randomness=dict(seed=request.seed, deterministic=config.deterministic),
@@ -213,6 +214,14 @@ def _sampling(dataset: Any, world: int, rank: int, seed: int) -> dict[str, Any]:
     from torch.utils.data import DistributedSampler
 
     return {"sampler": DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)}
+
+
+def _persistent_workers(config: TaskConfig) -> bool:
+    """Keep the loader's worker processes from epoch to epoch (no start-up cost per epoch), except
+    in deterministic trials: a persistent worker's random stream (augmentations) runs on across
+    epochs, so a resumed trial would draw differently; restarted workers are seeded anew from the
+    epoch's generator."""
+    return config.num_workers > 0 and not config.deterministic
 
 
 def _pin(loader: Any, pin: bool) -> None:

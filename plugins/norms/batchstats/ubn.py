@@ -16,17 +16,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader
 
 from harness.protocol import NormProtocol, TrialContext
 from harness_plugins.common.channels import Device
+from harness_plugins.common.extra_inputs import ExtraInputsBatchSampler, WithExtraInputs, collate_with_extra
 from harness_plugins.norms.baselines import BatchNorm
 from harness_plugins.norms.batchstats import StatsGrad, UBNConfig
 from harness_plugins.norms.ops import batch_channel_moments
 
 from .common import check_batch
 
-__all__ = ["UnlabeledStream", "UnsupervisedBatchNorm", "UnsupervisedProtocol", "protocol"]
+__all__ = ["UnlabeledBatchSampler", "UnsupervisedBatchNorm", "UnsupervisedProtocol", "protocol"]
 
 
 class UnsupervisedBatchNorm(BatchNorm):
@@ -65,43 +66,28 @@ class UnsupervisedBatchNorm(BatchNorm):
         return f"{super().extra_repr()}, stats_grad={self.stats_grad}"
 
 
-class UnlabeledStream:
-    """Endless batches of unlabeled inputs: each pass over the set in a fresh random order.
+class UnlabeledBatchSampler(ExtraInputsBatchSampler):
+    """Shuffled labeled batches, each followed by ``ratio`` unlabeled inputs per labeled one from
+    a stream that passes over the unlabeled set in a fresh random order each time it is used up
+    (and starts anew with each epoch, so that an epoch's batches follow from its seed alone)."""
 
-    Items of the unlabeled dataset are inputs alone (a 1-tuple such as TensorDataset's is
-    unpacked as well).
-    """
-
-    def __init__(self, dataset: Dataset, generator: torch.Generator) -> None:
-        if len(dataset) == 0:
+    def __init__(self, size: int, unlabeled: int, batch_size: int, ratio: int, generator: torch.Generator) -> None:
+        if unlabeled == 0:
             raise ValueError("the unlabeled set is empty")
-        self.dataset = dataset
-        self.generator = generator
-        self._order: Iterator[int] = iter(())
-
-    def take(self, k: int) -> torch.Tensor:
-        """The next ``k`` inputs (k >= 1), reshuffling whenever the set is used up."""
-        indices: list[int] = []
-        while len(indices) < k:
-            nxt = next(self._order, None)
-            if nxt is None:
-                self._order = iter(torch.randperm(len(self.dataset), generator=self.generator).tolist())
-            else:
-                indices.append(nxt)
-        items = [self.dataset[i] for i in indices]
-        return default_collate([it[0] if isinstance(it, (tuple, list)) else it for it in items])
-
-
-class _WithUnlabeled:
-    """A collate function that appends ``ratio`` unlabeled inputs per labeled one to each batch."""
-
-    def __init__(self, stream: UnlabeledStream, ratio: int) -> None:
-        self.stream = stream
+        super().__init__(size, batch_size, generator)
+        self.unlabeled = unlabeled
         self.ratio = ratio
+        self._stream: Iterator[int] = iter(())
 
-    def __call__(self, items: list[Any]) -> list[torch.Tensor]:
-        inputs, targets = default_collate(items)[:2]
-        return [inputs, targets, self.stream.take(self.ratio * len(inputs))]
+    def start_epoch(self) -> None:
+        self._stream = self._passes()
+
+    def _passes(self) -> Iterator[int]:
+        while True:
+            yield from torch.randperm(self.unlabeled, generator=self.generator).tolist()
+
+    def extra(self, batch: list[int]) -> list[int]:
+        return [next(self._stream) for _ in range(self.ratio * len(batch))]
 
 
 class UnsupervisedProtocol(NormProtocol):
@@ -120,11 +106,10 @@ class UnsupervisedProtocol(NormProtocol):
             return None
         if ctx.splits.unlabeled is None:
             raise ValueError("unsupervised_bn needs an unlabeled split; the task provided none")
-        seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
-        stream = UnlabeledStream(ctx.splits.unlabeled, torch.Generator().manual_seed(seed))
-        train = ctx.splits.train
-        return DataLoader(train, batch_size=batch_size, shuffle=True, generator=ctx.generator,
-                          drop_last=len(train) > batch_size, collate_fn=_WithUnlabeled(stream, self.ratio))
+        sampler = UnlabeledBatchSampler(ctx.train_size, len(ctx.splits.unlabeled), batch_size, self.ratio,
+                                        ctx.generator)
+        return DataLoader(WithExtraInputs(ctx.splits.train, ctx.splits.unlabeled), batch_sampler=sampler,
+                          collate_fn=collate_with_extra)
 
     def train_forward(self, net: nn.Module, inputs: torch.Tensor, extra: Any = None) -> torch.Tensor:
         if extra is None:

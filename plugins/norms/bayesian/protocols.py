@@ -13,8 +13,7 @@ The factories at the end (``*_protocol``) are what the registrations name.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
-from torch.utils.data.dataloader import default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from harness.protocol import Evaluation, NormProtocol, TrialContext, chain
+from harness_plugins.common.extra_inputs import ExtraInputsBatchSampler, WithExtraInputs, collate_with_extra
 from harness_plugins.common.metrics import mean_probability
 from harness_plugins.norms import BatchNormConfig
 
@@ -266,58 +265,19 @@ class BayesianLoss(NormProtocol):
         return [MonteCarlo(t) for t in self.mc_samples]
 
 
-class _Flagged(Dataset):
-    """The training set twice over: index i + len is item i marked as a normalization-only extra."""
+class _NormBatchSampler(ExtraInputsBatchSampler):
+    """Shuffled training batches, each followed by ``count`` other training samples drawn anew at
+    every step."""
 
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-        self.size = len(dataset)
+    def __init__(self, size: int, batch_size: int, count: int, generator: torch.Generator) -> None:
+        super().__init__(size, batch_size, generator)
+        self.count = count
 
-    def __len__(self) -> int:
-        return 2 * self.size
-
-    def __getitem__(self, index: int) -> tuple[Any, ...]:
-        item = self.dataset[index % self.size]
-        return item[0], item[1], index >= self.size
-
-
-def _collate(items: list[tuple[Any, ...]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    inputs, targets, extra = default_collate(items)
-    return inputs[~extra], targets[~extra], inputs[extra]
-
-
-class _NormBatchSampler(Sampler[list[int]]):
-    """Shuffled training batches, each followed by ``extra`` other training samples drawn anew
-    at every step (indices offset by the set size, see :class:`_Flagged`). ``sampler`` orders the
-    batches, as in torch's ``BatchSampler`` (mmengine looks for it)."""
-
-    def __init__(self, size: int, batch_size: int, extra: int, generator: torch.Generator) -> None:
-        self.sampler = RandomSampler(range(size), generator=generator)
-        self.size = size
-        self.batch_size = batch_size
-        self.extra = extra
-        self.generator = generator
-        self.drop_last = size > batch_size
-
-    def __len__(self) -> int:
-        return self.size // self.batch_size if self.drop_last else math.ceil(self.size / self.batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batch: list[int] = []
-        for index in self.sampler:
-            batch.append(index)
-            if len(batch) == self.batch_size:
-                yield self._with_extra(batch)
-                batch = []
-        if batch and not self.drop_last:
-            yield self._with_extra(batch)
-
-    def _with_extra(self, batch: list[int]) -> list[int]:
+    def extra(self, batch: list[int]) -> list[int]:
         others = torch.ones(self.size, dtype=torch.bool)
         others[batch] = False
         candidates = others.nonzero().squeeze(1)
-        extra = candidates[torch.randperm(len(candidates), generator=self.generator)[: self.extra]]
-        return batch + (extra + self.size).tolist()
+        return candidates[torch.randperm(len(candidates), generator=self.generator)[: self.count]].tolist()
 
 
 class NormalizationBatch(NormProtocol):
@@ -333,7 +293,8 @@ class NormalizationBatch(NormProtocol):
 
     def train_loader(self, ctx: TrialContext, batch_size: int) -> DataLoader:
         sampler = _NormBatchSampler(ctx.train_size, batch_size, self.extra, ctx.generator)
-        return DataLoader(_Flagged(ctx.splits.train), batch_sampler=sampler, collate_fn=_collate)
+        return DataLoader(WithExtraInputs(ctx.splits.train, ctx.splits.train), batch_sampler=sampler,
+                          collate_fn=collate_with_extra)
 
     def train_forward(self, net: nn.Module, inputs: torch.Tensor, extra: Any = None) -> torch.Tensor:
         if extra is None or len(extra) == 0:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import get_args
+from typing import Any, get_args
 
 import torch
 from torch import nn
@@ -388,6 +388,12 @@ class CondensationLatch(NormProtocol):
         taus = [float(layer.tau) for layer in net.modules() if isinstance(layer, FeatureCondensationNorm)]
         return {"condensation_tau": sum(taus) / len(taus) if taus else 0.0,
                 "running_stat_layer_epochs": float(self.running_layer_epochs)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"running_layer_epochs": self.running_layer_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.running_layer_epochs = state["running_layer_epochs"]
 
 
 def condensation_protocol(config: BNFCTConfig | UnifiedBNConfig) -> NormProtocol:
