@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .atomic import finish_interrupted_writes
 from .errors import UserError
 
 EXAMPLES = """examples:
@@ -227,6 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.worker_only:  # every (model, norm) pair trains one step on CPU, or the run stops here (exit 2)
         require_buildable(suite, plans, data_root, echo=not args.quiet)
     _require_writable(out)
+    finish_interrupted_writes(out / "leaderboard")  # a set of files a kill left half-replaced
     url = _storage_url(args, suite)
     book = TrialBook(open_storage(url, heartbeat=args.heartbeat), plans)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 @contextmanager
 def file_lock(path: Path, waiting: Callable[[], None] = lambda: None) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if needed); ``waiting()`` is called once
-    if another process holds it, before blocking until it is free."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    """Hold an exclusive ``flock`` on ``path``, a directory or a file (created if needed);
+    ``waiting()`` is called once if another process holds it, before blocking until it is free."""
+    flags = os.O_RDONLY if path.is_dir() else os.O_RDWR | os.O_CREAT
+    fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from optuna.trial import TrialState
 
 from harness.plan import make_plan
@@ -86,3 +87,42 @@ def test_suite_text_is_escaped_in_the_markdown(tmp_path: Path) -> None:
     markdown = (tmp_path / "leaderboard" / "tiny.md").read_text()
     assert "&lt;script&gt;x&lt;/script&gt; &amp; co" in markdown and "<script>" not in markdown
     assert json.loads((tmp_path / "leaderboard" / "tiny.json").read_text())["suite"]["name"] == "tiny"
+
+
+KILL_WHILE_WRITING = """
+import os, sys
+from pathlib import Path
+from harness import atomic
+calls, where, at = {"fsync": 0, "replace": 0}, sys.argv[2], int(sys.argv[3])
+def dying(name, real):
+    def call(*args):
+        calls[name] += 1
+        if name == where and calls[name] == at:
+            os._exit(137)
+        return real(*args)
+    return call
+atomic.os.fsync, atomic.os.replace = dying("fsync", os.fsync), dying("replace", os.replace)
+atomic.write_together(Path(sys.argv[1]), {"b.md": "new", "b.csv": "new", "b.json": "new"})
+"""
+
+
+@pytest.mark.parametrize(("where", "at"), [("fsync", n) for n in range(1, 7)] + [("replace", n) for n in range(1, 5)])
+def test_a_set_of_files_killed_while_written_ends_all_old_or_all_new(tmp_path: Path, where: str, at: int) -> None:
+    """Killed at each step of writing a leaderboard (while staging each file, at the commit
+    point, between the renames), the set is never left mixed once the next command has
+    finished the interrupted write: all old before the commit point, all new after it."""
+    from harness.atomic import finish_interrupted_writes, write_together
+
+    board = tmp_path / "leaderboard"
+    write_together(board, {"b.md": "old", "b.csv": "old", "b.json": "old"})
+    killed = subprocess.run([sys.executable, "-c", KILL_WHILE_WRITING, str(board), where, str(at)],
+                            capture_output=True, text=True)
+    assert killed.returncode == 137, killed.stderr
+    visible = {p.read_text() for p in board.glob("b.*")}
+    committed = list(board.glob(".*.commit"))
+    assert visible == {"old"} or committed, "mixed files without a committed journal to finish them"
+    finish_interrupted_writes(board)
+    assert sorted(p.name for p in board.iterdir()) == ["b.csv", "b.json", "b.md"]
+    committed_before_kill = (where, at) in {("replace", 2), ("replace", 3), ("replace", 4), ("fsync", 5),
+                                            ("fsync", 6)}  # replace 1 is the journal's: the commit point
+    assert {p.read_text() for p in board.iterdir()} == {"new" if committed_before_kill else "old"}

@@ -13,16 +13,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_text
+from ..atomic import write_together
 from .board import Board, Row
 
 
 def write(board: Board, directory: Path) -> list[Path]:
-    """Write the three files, each through a temporary file and a rename: never half-written."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write the three files as one set: a reader never sees one half-written, nor new and old
+    files of a suite side by side."""
     name = board.suite.name
-    outputs = {f"{name}.md": markdown(board), f"{name}.csv": tidy_csv(board), f"{name}.json": as_json(board)}
-    return [write_text(directory / filename, text) for filename, text in outputs.items()]
+    return write_together(directory, {f"{name}.md": markdown(board), f"{name}.csv": tidy_csv(board),
+                                      f"{name}.json": as_json(board)})
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
