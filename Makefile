@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
+	bash scripts/install_postgres.sh
 
 quickstart: setup
 	$(VENV)/bin/harness run suites/quickstart.toml

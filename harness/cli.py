@@ -227,10 +227,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     _require_devices(plans, gpus, suite)
     if not args.worker_only:  # every (model, norm) pair trains one step on CPU, or the run stops here (exit 2)
         require_buildable(suite, plans, data_root, echo=not args.quiet)
-    _require_writable(out)
-    finish_interrupted_writes(out / "leaderboard")  # a set of files a kill left half-replaced
+    created = _require_writable(out)
     url = _storage_url(args, suite)
-    book = TrialBook(open_storage(url, heartbeat=args.heartbeat), plans)
+    try:
+        book = TrialBook(open_storage(url, heartbeat=args.heartbeat), plans)
+    except UserError:
+        for folder in created:  # an unreachable database leaves nothing behind
+            folder.rmdir()
+        raise
+    finish_interrupted_writes(out / "leaderboard")  # a set of files a kill left half-replaced
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     options = WorkerOptions(runs_dir=out / "runs", data_root=data_root, suite_path=args.suite.resolve(),
                             threads=threads, retry_failed=args.retry_failed, smoke=args.smoke, gpus=gpus,
@@ -382,11 +387,13 @@ def _require_data(suite: Any, data_root: Path) -> None:
         raise UserError(problems)
 
 
-def _require_writable(out: Path) -> None:
+def _require_writable(out: Path) -> list[Path]:
     """The run and leaderboard folders can be written, checked before any trial is claimed (a
-    trial must not be left RUNNING, nor hours of training end without a leaderboard)."""
+    trial must not be left RUNNING, nor hours of training end without a leaderboard). Returns
+    the folders it created, innermost first."""
     import tempfile
 
+    created = [p for p in (out / "runs", out / "leaderboard", out, *out.parents) if not p.exists()]
     for folder in (out / "runs", out / "leaderboard"):
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -394,6 +401,7 @@ def _require_writable(out: Path) -> None:
         except OSError as exc:
             raise UserError(_arg_problem("--out", f"cannot write in {folder} ({exc.strerror or exc}); choose "
                                          "another --out or fix its permissions")) from None
+    return created
 
 
 def _require_devices(plans: list[Any], gpus: list[Any], suite: Any) -> None:

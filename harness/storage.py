@@ -62,17 +62,37 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS) -> RDBStorage:
         raise UserError(Problem(shown, "", f"cannot open the trial storage ({type(exc).__name__}: {reason})")) from None
 
 
+#: The PostgreSQL advisory lock held while Optuna's schema is created (any fixed 64-bit key).
+SCHEMA_LOCK_KEY = 0x6E6F726D62656E63  # "normbenc"
+
+
 @contextlib.contextmanager
 def _creation_lock(url: str) -> Iterator[None]:
-    """An exclusive lock beside a SQLite file while its schema is created (other databases
-    serialize that themselves)."""
-    if not url.startswith("sqlite:///"):
+    """Held while Optuna creates its schema on first use, so that processes started together do
+    not both create the tables (two would fail on SQLite and on PostgreSQL alike): a file lock
+    beside a SQLite file, a session advisory lock on PostgreSQL."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(path.with_name(path.name + ".lock")):
+            yield
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    if make_url(url).get_backend_name() != "postgresql":
         yield
         return
-    path = Path(url.removeprefix("sqlite:///"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path.with_name(path.name + ".lock")):
-        yield
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
 def worker_id() -> str:

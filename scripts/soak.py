@@ -1,12 +1,13 @@
 """Kill -9 soak: does a suite's run survive being killed at random moments, again and again?
 
-    python scripts/soak.py [SUITE] [--kills 12] [--seed 0] [--together 1] [--work DIR]
+    python scripts/soak.py [SUITE] [--kills 12] [--seed 0] [--together 1] [--storage URL] [--work DIR]
 
 SUITE defaults to ``scripts/soak.toml``.
 
 1. Runs the suite once, uninterrupted: the reference leaderboard and its duration.
-2. In a new folder (a new SQLite file), starts ``harness run`` (``--together N``: N processes at
-   the same instant on the one storage) and kills each with SIGKILL after a seeded random delay:
+2. In a new folder (a new SQLite file, or the empty database ``--storage`` names), starts
+   ``harness run`` (``--together N``: N processes at the same instant on the one storage) and
+   kills each with SIGKILL after a seeded random delay:
    its whole process group, or (at random) the harness process alone, orphaning its trial. Then
    starts again, until ``--kills`` processes were killed while they were running: at start-up,
    mid-trial, while a checkpoint or the leaderboard was written, wherever the delay falls.
@@ -37,10 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_leaderboards import results  # noqa: E402 - the sibling script's reading of the boards
 
 
-def harness_run(suite: Path, out: Path) -> subprocess.Popen[bytes]:
+def harness_run(suite: Path, out: Path, storage: str | None = None) -> subprocess.Popen[bytes]:
     log = open(out / f"run-{time.time_ns()}.log", "wb")  # noqa: SIM115 - the child owns it
-    return subprocess.Popen([sys.executable, "-m", "harness", "run", str(suite), "--quiet", "--out", str(out)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    command = [sys.executable, "-m", "harness", "run", str(suite), "--quiet", "--out", str(out)]
+    return subprocess.Popen(command + (["--storage", storage] if storage else []), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def reference(suite: Path, out: Path) -> tuple[float, float]:
@@ -58,7 +60,7 @@ def reference(suite: Path, out: Path) -> tuple[float, float]:
 
 
 def soak(suite: Path, out: Path, kills: int, together: int, moment: Callable[[], tuple[float, bool]],
-         ) -> dict[str, Any]:
+         storage: str | None) -> dict[str, Any]:
     """Start, kill, start again until ``kills`` running processes were killed; then finish.
     ``moment()`` gives a kill's delay after the start, and whether the whole process group dies."""
     out.mkdir(parents=True)
@@ -66,7 +68,7 @@ def soak(suite: Path, out: Path, kills: int, together: int, moment: Callable[[],
     checkpoints: list[int] = []
     while seen["killed"] < kills:
         seen["starts"] += 1
-        runs = [harness_run(suite, out) for _ in range(together)]
+        runs = [harness_run(suite, out, storage) for _ in range(together)]
         started = time.monotonic()
         for (delay, whole_group), run in sorted(zip([moment() for _ in runs], runs, strict=True),
                                                 key=lambda pair: pair[0][0]):
@@ -79,7 +81,7 @@ def soak(suite: Path, out: Path, kills: int, together: int, moment: Callable[[],
                 seen["killed with its trial" if whole_group else "killed alone (trial orphaned)"] += 1
             run.wait()
     seen["starts"] += 1
-    finals = [harness_run(suite, out) for _ in range(together)]
+    finals = [harness_run(suite, out, storage) for _ in range(together)]
     codes = [run.wait() for run in finals]
     if any(codes):
         print(f"the final run(s) exited {codes}; see {out}/run-*.log")
@@ -88,7 +90,7 @@ def soak(suite: Path, out: Path, kills: int, together: int, moment: Callable[[],
     return seen
 
 
-def check_storage(suite: Path, out: Path) -> list[str]:
+def check_storage(suite: Path, out: Path, storage: str | None) -> list[str]:
     """Every planned (study, seed) completed exactly once; nothing left RUNNING."""
     from optuna.trial import TrialState
 
@@ -99,7 +101,7 @@ def check_storage(suite: Path, out: Path) -> list[str]:
 
     loaded = load_suite(suite, load_registry())
     plans = make_plan(loaded)
-    book = TrialBook(open_storage(default_url(out, loaded.name)), plans)
+    book = TrialBook(open_storage(storage or default_url(out, loaded.name)), plans)
     problems, counts = [], Counter()
     for plan in plans:
         trials = list(book.trials(plan))
@@ -141,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=12, help="running processes to kill (default 12)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
     parser.add_argument("--together", type=int, default=1, help="harness runs started at the same instant")
+    parser.add_argument("--storage", help="the soak's storage URL, an empty database (default: SQLite in --work)")
     parser.add_argument("--work", type=Path, help="where to run (default: a new folder under /tmp)")
     args = parser.parse_args(argv)
     work = args.work or Path(f"/tmp/soak-{os.getpid()}")
@@ -159,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"uninterrupted run: {seconds:.1f} s, of which start-up and leaderboard {start_up:.1f} s; kills at "
           f"seeded random moments in [0, {start_up + training:.1f}] s of each start (seed {args.seed})")
-    seen = soak(suite, work / "soak", args.kills, args.together, moment)
+    seen = soak(suite, work / "soak", args.kills, args.together, moment, args.storage)
     print("soak:", dict(seen))
-    problems = check_storage(suite, work / "soak") + check_leaderboard(work / "reference", work / "soak")
+    problems = check_storage(suite, work / "soak", args.storage) + check_leaderboard(work / "reference", work / "soak")
     problems += ["the final run failed"] if seen["final run failed"] else []
     for problem in problems:
         print("FAIL", problem)

@@ -13,8 +13,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import torch
     from torch import nn
+
+    from postgres_server import PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,3 +120,16 @@ def workdir(tmp_path: Path) -> Path:
     """An empty directory to run the CLI in, with its own data root."""
     (tmp_path / "work").mkdir()
     return tmp_path / "work"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on loopback for the whole session; skipped, saying why, only
+    where no server is installed (``make setup`` installs one where it can)."""
+    from postgres_server import postgres_server, server_binaries
+
+    binaries = server_binaries()
+    if binaries is None:
+        pytest.skip("no PostgreSQL server installed (scripts/install_postgres.sh needs root or sudo and apt-get)")
+    with postgres_server(binaries) as server:
+        yield server
