@@ -192,8 +192,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     for problem in suite.missing_data(_data_root(suite, Path(".").resolve())):
         print(f"warning: {problem} (`harness run` stops here; `harness run --smoke` does not need it)")
     if suite.search is not None:
-        print(f"  [search] validated ({suite.search.trials} trial(s) per norm); the search itself is not run yet: "
-              "final runs use the suite's settings")
+        from .space import resolve_space
+
+        search = suite.search
+        print(f"  [search] {search.sampler} sampler (seed {search.seed}), {search.pruner} pruner, {search.trials} "
+              "trial(s) per comparison; not run yet: final runs use the suite's settings")
+        for plan in plans:
+            space = resolve_space(search.space, plan.variant.config, plan.norm.config, grid=search.sampler == "grid")
+            print(f"    {plan.variant.label} / {plan.norm.label}: {space.describe()}")
     if args.build:
         from .preflight import require_buildable
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from ..errors import Problem, UserError, did_you_mean
 from ..norm import Norm, NormConfig
@@ -152,7 +152,7 @@ class _Resolver:
             for spec in norms:
                 if (variant.label, spec.label) not in excluded:
                     self._check_fit(task, variant, spec)
-        self._check_search(task)
+        self._check_search(variants, norms, excluded)
         if p.suite.data_root and (self.path.parent / p.suite.data_root).is_file():
             self.problem("suite.data_root", f"{p.suite.data_root!r} is a file; give the folder that holds the "
                          "datasets (relative to the suite file)")
@@ -273,19 +273,25 @@ class _Resolver:
                          f"({variant.label}) does not provide (it provides {sorted(provided) or 'nothing'}); "
                          "change the task's settings or add an [[exclude]] entry")
 
-    def _check_search(self, task: Task) -> None:
+    def _check_search(self, variants: list[Variant], norms: list[NormSpec], excluded: set[tuple[str, str]]) -> None:
+        """Every key of the space can be searched for every (variant, norm) pair that runs; a
+        ``norm.*`` key must name a parameter of at least one of the suite's norms."""
+        from ..space import SpaceErrors, norm_keys, resolve_space
+
         search = self.parsed.search
         if search is None:
             return
-        fields = task.config.model_fields
-        for path in search.space:
-            head, _, rest = path.partition(".")
-            if head == "norm":
-                continue  # a norm parameter, checked against each norm when the search runs
-            if head not in fields:
-                self.problem(f"search.space.{path}", f"{head!r} is not a key of task {task.name!r}"
-                             f"{did_you_mean(head, fields)}; known: {', '.join(sorted(fields))}")
-            elif rest:
-                sub = fields[head].annotation
-                if not (isinstance(sub, type) and issubclass(sub, BaseModel) and rest in sub.model_fields):
-                    self.problem(f"search.space.{path}", f"{rest!r} is not a key of [task] {head}")
+        for name in sorted(norm_keys(search.space) - {f for n in norms for f in type(n.config).model_fields}):
+            self.problem(f"search.space.norm.{name}", f"no norm of this suite has a parameter {name!r}")
+        reported: set[str] = set()
+        for variant in variants:
+            for spec in norms:
+                if (variant.label, spec.label) in excluded:
+                    continue
+                try:
+                    resolve_space(search.space, variant.config, spec.config, grid=search.sampler == "grid")
+                except SpaceErrors as found:
+                    for error in found.errors:
+                        if error.key not in reported:  # once per key, for the first pair it fails for
+                            reported.add(error.key)
+                            self.problem(f"search.space.{error.key}", f"{error} (norm {spec.label!r}, {variant.label})")

@@ -74,26 +74,34 @@ class NormSection(BaseModel):
 
 
 class SearchRange(_Strict):
+    """A key's range: ``low``/``high`` (``log`` for a log scale), or ``choices``; ``{}`` for a
+    norm parameter takes the range its norm declares."""
+
     low: float | None = None
     high: float | None = None
     log: bool = False
-    choices: list[Any] | None = None
+    choices: list[Any] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _one_kind(self) -> SearchRange:
-        if (self.choices is None) == (self.low is None or self.high is None):
+        if self.choices is not None and (self.low is not None or self.high is not None or self.log):
             raise ValueError("give either low and high, or choices")
+        if (self.low is None) != (self.high is None):
+            raise ValueError("give both low and high")
         if self.low is not None and self.high is not None and self.low >= self.high:
             raise ValueError("low must be below high")
+        if self.log and self.low is not None and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
         return self
 
 
 class SearchSection(_Strict):
-    trials: int = Field(ge=1)
-    epochs: int | None = Field(None, ge=1)
-    sampler: Literal["tpe", "random"] = "tpe"
+    trials: int = Field(ge=1, description="search trials per (task variant, norm)")
+    epochs: int | None = Field(None, ge=1, description="epochs of a search trial (default: the task's)")
+    sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
+    seed: int = Field(0, ge=0, lt=2**32, description="seeds the sampler")
     pruner: Literal["none", "median", "hyperband"] = "median"
-    space: dict[str, SearchRange] = {}
+    space: dict[str, SearchRange] = Field(min_length=1)
 
 
 class SuiteFile(_Strict):
