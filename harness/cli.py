@@ -195,8 +195,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         from .space import resolve_space
 
         search = suite.search
-        print(f"  [search] {search.sampler} sampler (seed {search.seed}), {search.pruner} pruner, {search.trials} "
-              "trial(s) per comparison; not run yet: final runs use the suite's settings")
+        print(f"  [search] {search.trials} trial(s) per comparison on the validation split, {search.sampler} sampler "
+              f"(seed {search.seed}), {search.pruner} pruner; then the finals run the best setting. Spaces:")
         for plan in plans:
             space = resolve_space(search.space, plan.variant.config, plan.norm.config, grid=search.sampler == "grid")
             print(f"    {plan.variant.label} / {plan.norm.label}: {space.describe()}")
@@ -300,12 +300,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     total = len(plans) * len(suite.seeds)
     print(f"{suite.name}: {total} planned trial(s); " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if n))
     for plan in plans:
-        for t in book.trials(plan):
+        if plan.search is not None:
+            _print_search_status(plan, list(book.trials(plan, search=True)))
+        for t in [*book.trials(plan, search=True), *book.trials(plan)]:
             if t.state.name == "RUNNING":
                 attrs = t.user_attrs
-                print(f"  running: {plan.variant.label} · {plan.norm.label} · seed {attrs.get('seed')} on "
+                which = f"search slot {attrs['slot'] + 1}" if "slot" in attrs else f"seed {attrs.get('seed')}"
+                print(f"  running: {plan.variant.label} · {plan.norm.label} · {which} on "
                       f"{attrs.get('device', 'a device not yet chosen')} (worker {attrs.get('worker', '?')})")
     return 0
+
+
+def _print_search_status(plan: Any, trials: list[Any]) -> None:
+    """One line per comparison's search: its trials by state and the best value so far."""
+    from collections import Counter
+
+    states = Counter(t.state.name.lower() for t in trials if t.user_attrs.get("fail_kind") != "duplicate")
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    best = (max if plan.direction == "max" else min)(done, key=lambda t: t.value) if done else None
+    shown = ", ".join(f"{states[s]} {s}" for s in ("complete", "pruned", "running", "waiting", "fail") if states[s])
+    print(f"  search {plan.variant.label} · {plan.norm.label}: {shown or 'not started'} of {plan.search.trials}"
+          + (f"; best validation {plan.metric} {best.value:.4g} ({best.params})" if best else ""))
 
 
 def cmd_check_norm(args: argparse.Namespace) -> int:

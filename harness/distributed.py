@@ -21,12 +21,12 @@ import json
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .atomic import write_text
-from .events import EpochEnd
+from .events import TrialEvent
 
 RESULT_FILE = "result.json"
 
@@ -43,6 +43,8 @@ class TrialAddress:
     smoke_data: Path | None = None  # the data root of a --smoke run
     resume: bool = False
     threads: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # a search's point, or the tuned setting
+    search: bool = False  # a search trial (its epochs are the search's)
 
     def argv(self) -> list[str]:
         """The command-line form (:meth:`parse` reads it back)."""
@@ -54,6 +56,10 @@ class TrialAddress:
             args.append("--resume")
         if self.threads:
             args += ["--threads", str(self.threads)]
+        if self.params:
+            args += ["--params", json.dumps(self.params)]
+        if self.search:
+            args.append("--search")
         return args
 
     @classmethod
@@ -67,9 +73,12 @@ class TrialAddress:
         parser.add_argument("--data-root", type=Path, required=True)
         parser.add_argument("--resume", action="store_true")
         parser.add_argument("--threads", type=int)
+        parser.add_argument("--params", type=json.loads, default={}, help="JSON: dotted key -> value")
+        parser.add_argument("--search", action="store_true")
         args = parser.parse_args(argv)
         return cls(suite=args.suite, study=args.study, seed=args.seed, work_dir=args.work_dir,
-                   data_root=args.data_root, smoke_data=args.smoke_data, resume=args.resume, threads=args.threads)
+                   data_root=args.data_root, smoke_data=args.smoke_data, resume=args.resume, threads=args.threads,
+                   params=args.params, search=args.search)
 
     def request(self) -> Any:
         """The :class:`~harness.engine.TrialRequest`, rebuilt from the suite file."""
@@ -85,12 +94,13 @@ class TrialAddress:
         if plan is None:
             raise LookupError(f"{self.suite} no longer plans the study {self.study!r} (was the suite file edited "
                               "during the run?)")
-        return TrialRequest(task=plan.task, config=plan.variant.config, norm=plan.norm.norm,
-                            norm_config=plan.norm.config, seed=self.seed, work_dir=self.work_dir,
+        config, norm_config = plan.configs(self.params, self.search)
+        return TrialRequest(task=plan.task, config=config, norm=plan.norm.norm,
+                            norm_config=norm_config, seed=self.seed, work_dir=self.work_dir,
                             data_root=self.data_root, resume=self.resume, threads=self.threads)
 
 
-def run_address(address: TrialAddress, on_epoch: Callable[[EpochEnd], None] = lambda end: None,
+def run_address(address: TrialAddress, on_epoch: Callable[[TrialEvent], None] = lambda event: None,
                 ) -> dict[str, Any]:
     """Rebuild and run the trial; its result or its failure as the worker's final message."""
     try:

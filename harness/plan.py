@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .suite import NormSpec, Suite, Variant
+from .suite import NormSpec, SearchSection, Suite, Variant
 from .task import Task
 
 
@@ -25,6 +25,7 @@ class StudyPlan:
     seeds: tuple[int, ...]
     metric: str
     direction: str
+    search: SearchSection | None = None  # tune on the validation split first, then run the finals
 
     @property
     def key(self) -> str:
@@ -34,11 +35,36 @@ class StudyPlan:
             "norm": self.norm.norm.name,
             "params": self.norm.config.model_dump(mode="json"),
         }
+        if self.search is not None:  # a changed space or budget is a new search (and new finals)
+            content["search"] = self.search.model_dump(mode="json")
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
     @property
     def name(self) -> str:
         return f"{self.suite}/{self.variant.label}/{self.norm.label}/{self.key}"
+
+    @property
+    def search_name(self) -> str:
+        """The name of the study that tunes this comparison (its finals are in :attr:`name`)."""
+        return f"{self.name}/search"
+
+    def space(self) -> Any:
+        """The search space of this comparison (:class:`harness.space.Space`)."""
+        from .space import resolve_space
+
+        assert self.search is not None
+        return resolve_space(self.search.space, self.variant.config, self.norm.config,
+                             grid=self.search.sampler == "grid")
+
+    def configs(self, params: dict[str, Any], search: bool) -> tuple[Any, Any]:
+        """The task and norm configs of a trial with tuned or sampled ``params``; a search trial
+        trains for the search's ``epochs`` where the suite gives them."""
+        task, norm = self.variant.config, self.norm.config
+        if params:
+            task, norm = self.space().configs(params, task, norm)
+        if search and self.search is not None and self.search.epochs is not None:
+            task = type(task).model_validate({**task.model_dump(), "epochs": self.search.epochs})
+        return task, norm
 
     @property
     def slug(self) -> str:
@@ -65,7 +91,7 @@ def make_plan(suite: Suite) -> list[StudyPlan]:
     return [
         StudyPlan(
             suite=suite.name, task=suite.task, variant=variant, norm=norm,
-            seeds=tuple(suite.seeds), metric=suite.metric, direction=suite.direction,
+            seeds=tuple(suite.seeds), metric=suite.metric, direction=suite.direction, search=suite.search,
         )
         for variant, norm in suite.pairs()
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -21,9 +22,12 @@ class RunProgress(RunEvents):
 
     def __init__(self, suite: Suite, plans: list[StudyPlan], book: TrialBook) -> None:
         self.console = Console(stderr=True)
-        total = len(plans) * len(suite.seeds)
+        searches = [p for p in plans if p.search is not None]
+        total = len(plans) * len(suite.seeds) + sum(p.search.trials for p in searches)
         board = build(suite, plans, book)
-        done = total - sum(r.pending for rows in board.variants.values() for r in rows)
+        done = len(plans) * len(suite.seeds) - sum(r.pending for rows in board.variants.values() for r in rows)
+        finished = (TrialState.COMPLETE, TrialState.PRUNED)
+        done += sum(len(book.search_study(p).get_trials(deepcopy=False, states=finished)) for p in searches)
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[note]}"), console=self.console,
@@ -40,25 +44,25 @@ class RunProgress(RunEvents):
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)
 
-    def trial_started(self, plan: StudyPlan, seed: int) -> None:
-        self.progress.update(self.trial_bar, description=f"  {plan.variant.label} · {plan.norm.label} · seed {seed}",
+    def trial_started(self, plan: StudyPlan, trial: str) -> None:
+        self.progress.update(self.trial_bar, description=f"  {plan.variant.label} · {plan.norm.label} · {trial}",
                              total=plan.variant.config.epochs, completed=0, visible=True, note="")
 
-    def device_chosen(self, plan: StudyPlan, seed: int, device: str) -> None:
+    def device_chosen(self, plan: StudyPlan, trial: str, device: str) -> None:
         if device != "cpu":
             task = next(t for t in self.progress.tasks if t.id == self.trial_bar)
             self.progress.update(self.trial_bar, description=f"{task.description} · {device}", note="")
 
-    def waiting_for_gpus(self, plan: StudyPlan, seed: int, devices: int) -> None:
+    def waiting_for_gpus(self, plan: StudyPlan, trial: str, devices: int) -> None:
         self.progress.update(self.trial_bar, note=f"waiting for {devices} free GPU(s)")
 
-    def epoch_ended(self, plan: StudyPlan, seed: int, end: EpochEnd) -> None:
+    def epoch_ended(self, plan: StudyPlan, trial: str, end: EpochEnd) -> None:
         self.progress.update(self.trial_bar, completed=end.epoch, total=end.epochs, note=f"loss {end.loss:.4g}")
 
-    def trial_ended(self, plan: StudyPlan, seed: int, outcome: Outcome) -> None:
+    def trial_ended(self, plan: StudyPlan, trial: str, outcome: Outcome) -> None:
         self.progress.advance(self.suite_bar)
         if not outcome.ok:
-            self.progress.console.print(f"[red]failed[/red] {plan.variant.label} · {plan.norm.label} · seed {seed}: "
+            self.progress.console.print(f"[red]failed[/red] {plan.variant.label} · {plan.norm.label} · {trial}: "
                                         f"{outcome.kind}: {outcome.reason}")
 
     def waiting_for_workers(self, in_flight: int) -> None:

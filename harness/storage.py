@@ -15,7 +15,7 @@ import socket
 import threading
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from .locks import file_lock
 from .plan import StudyPlan
 
 HEARTBEAT_SECONDS = 30
+SEED, SLOT = "seed", "slot"  # the user attribute that says which seed, or which search slot, a trial is
 #: ``fail_reason`` kinds after which a trial is simply run again: the work was cut short.
 RETRYABLE = frozenset({"interrupted", "worker-died"})
 
@@ -101,16 +102,29 @@ def worker_id() -> str:
 
 @dataclass
 class Claim:
-    """A trial this worker now owns."""
+    """A trial this worker now owns: a final trial (one seed of a comparison), or a search trial
+    (one slot of its search, with the point its sampler chose)."""
 
     plan: StudyPlan
     study: optuna.Study
     trial: FrozenTrial
     trial_id: int  # the storage's id of the trial
+    params: dict[str, Any] = field(default_factory=dict)  # sampled (search) or tuned (final)
+    handle: optuna.Trial | None = None  # a search trial's, to report to its pruner
+
+    @property
+    def search(self) -> bool:
+        return SLOT in self.trial.user_attrs
 
     @property
     def seed(self) -> int:
-        return int(self.trial.user_attrs["seed"])
+        """The training seed: a final trial's own; a search trial trains with the suite's first."""
+        return self.plan.seeds[0] if self.search else int(self.trial.user_attrs[SEED])
+
+    @property
+    def label(self) -> str:
+        return f"search {self.trial.user_attrs[SLOT] + 1}/{self.plan.search.trials}" if self.search \
+            else f"seed {self.seed}"
 
     @property
     def resume(self) -> bool:
@@ -126,40 +140,78 @@ class TrialBook:
         self.studies: dict[str, optuna.Study] = {}
 
     def study(self, plan: StudyPlan) -> optuna.Study:
-        if plan.name not in self.studies:
+        """The study of a comparison's final trials (one per seed)."""
+        return self._open(plan.name, plan, {})
+
+    def search_study(self, plan: StudyPlan) -> optuna.Study:
+        """The study of a comparison's search (one trial per slot), with the suite's pruner."""
+        from .search import pruner
+
+        return self._open(plan.search_name, plan, {"phase": "search"}, pruner(plan.search))
+
+    def _open(self, name: str, plan: StudyPlan, attrs: dict[str, Any], pruner: Any = None) -> optuna.Study:
+        if name not in self.studies:
             direction = "maximize" if plan.direction == "max" else "minimize"
             try:
-                study = optuna.create_study(storage=self.storage, study_name=plan.name, direction=direction)
+                study = optuna.create_study(storage=self.storage, study_name=name, direction=direction, pruner=pruner)
             except optuna.exceptions.DuplicatedStudyError:
-                study = optuna.load_study(study_name=plan.name, storage=self.storage)
+                study = optuna.load_study(study_name=name, storage=self.storage, pruner=pruner)
             else:
-                for key, value in plan.attrs().items():
+                for key, value in {**plan.attrs(), **attrs}.items():
                     study.set_user_attr(key, value)
-            self.studies[plan.name] = study
-        return self.studies[plan.name]
+            self.studies[name] = study
+        return self.studies[name]
 
-    def existing(self, plan: StudyPlan) -> optuna.Study | None:
-        """The study if it is in storage already; never creates one (for read-only views)."""
+    def existing(self, plan: StudyPlan, search: bool = False) -> optuna.Study | None:
+        """The finals' (or the search's) study if it is in storage already; never creates one
+        (for read-only views)."""
+        name = plan.search_name if search else plan.name
         try:
-            return self.studies.get(plan.name) or optuna.load_study(study_name=plan.name, storage=self.storage)
+            return self.studies.get(name) or optuna.load_study(study_name=name, storage=self.storage)
         except KeyError:
             return None
 
     def sync(self, retry_failed: bool = False) -> None:
-        """Fail the trials of dead workers, then enqueue every seed that has nothing to show."""
+        """Fail the trials of dead workers, then enqueue every search slot and every seed that has
+        nothing to show. A comparison's finals are enqueued once its search has finished, with
+        the best point found."""
+        from .search import best_params
+
         for plan in self.plans:
             study = self.study(plan)
             self._fail_dead(study)
-            by_seed: dict[int, list[FrozenTrial]] = {}
-            for trial in study.get_trials(deepcopy=False):
-                if "seed" in trial.user_attrs:
-                    by_seed.setdefault(int(trial.user_attrs["seed"]), []).append(trial)
-            for seed in plan.seeds:
-                trials = by_seed.get(seed, [])
-                if any(_settled(t, retry_failed) for t in trials):
-                    continue
-                resume = any(_retryable(t) for t in trials)
-                study.enqueue_trial({}, user_attrs={"seed": seed, "resume": resume})
+            params: dict[str, Any] = {}
+            if plan.search is not None:
+                search = self.search_study(plan)
+                self._fail_dead(search)
+                slots = range(plan.search.trials)
+                if not self._enqueue_missing(search, SLOT, slots, retry_failed, resumable=False):
+                    continue  # the search is under way: its finals wait for it
+                found = best_params(search)
+                if found is None:
+                    continue  # no search trial completed: nothing to run the finals with
+                params = found
+            self._enqueue_missing(study, SEED, plan.seeds, retry_failed, resumable=True, params=params)
+
+    @staticmethod
+    def _enqueue_missing(study: optuna.Study, key: str, values: Any, retry_failed: bool, resumable: bool,
+                         **attrs: Any) -> bool:
+        """Enqueue a trial for each value of ``key`` (a seed, a search slot) that has nothing to
+        show; True when every value's trial has finished."""
+        by_value: dict[int, list[FrozenTrial]] = {}
+        for trial in study.get_trials(deepcopy=False):
+            if key in trial.user_attrs:
+                by_value.setdefault(int(trial.user_attrs[key]), []).append(trial)
+        finished = True
+        for value in values:
+            trials = by_value.get(value, [])
+            finished &= not any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
+            if any(_settled(t, retry_failed) for t in trials):
+                continue
+            resume = resumable and any(_retryable(t) for t in trials)
+            study.enqueue_trial({}, user_attrs={key: value, "resume": resume, **attrs})
+            finished = False
+        return finished
 
     def _fail_dead(self, study: optuna.Study) -> None:
         host = socket.gethostname()
@@ -177,20 +229,35 @@ class TrialBook:
         fail_stale_trials(study)  # other machines: Optuna's heartbeat
 
     def claim(self) -> Claim | None:
-        """Take the oldest waiting trial of any study, atomically, or return None."""
+        """Take the oldest waiting trial of any study, atomically, or return None. A search
+        trial gets its point from the sampler as it is claimed."""
         for plan in self.plans:
-            study = self.study(plan)
-            for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                trial_id = self._id(study, trial)
-                if not self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
-                    continue  # another worker was quicker
-                if self._duplicate(study, trial):
-                    self._finish(trial_id, "duplicate", "another trial already ran this seed")
-                    continue
-                self.storage.set_trial_user_attr(trial_id, "worker", worker_id())
-                self.storage.record_heartbeat(trial_id)
-                return Claim(plan, study, self.storage.get_trial(trial_id), trial_id)
+            studies = [self.search_study(plan)] if plan.search is not None else []
+            for study in [*studies, self.study(plan)]:
+                for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                    trial_id = self._id(study, trial)
+                    if not self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                        continue  # another worker was quicker
+                    if self._duplicate(study, trial):
+                        self._finish(trial_id, "duplicate", "another trial already ran this seed or slot")
+                        continue
+                    self.storage.set_trial_user_attr(trial_id, "worker", worker_id())
+                    self.storage.record_heartbeat(trial_id)
+                    claim = Claim(plan, study, self.storage.get_trial(trial_id), trial_id,
+                                  dict(trial.user_attrs.get("params", {})))
+                    if claim.search:
+                        claim.handle, claim.params = self._sample(plan, study, trial_id, trial.number)
+                    return claim
         return None
+
+    def _sample(self, plan: StudyPlan, study: optuna.Study, trial_id: int, number: int,
+                ) -> tuple[optuna.Trial, dict[str, Any]]:
+        from .search import sampler, suggest
+
+        space = plan.space().distributions
+        study.sampler = sampler(plan.search, space, number)
+        handle = optuna.trial.Trial(study, trial_id)
+        return handle, suggest(handle, space)
 
     def _id(self, study: optuna.Study, trial: FrozenTrial) -> int:
         """The storage's id of a trial, through the storage's public API (Optuna's FrozenTrial
@@ -200,18 +267,21 @@ class TrialBook:
 
     @staticmethod
     def _duplicate(study: optuna.Study, claimed: FrozenTrial) -> bool:
-        """Did two workers enqueue the same seed at once? Then the later-claimed copy is dropped."""
-        seed = claimed.user_attrs["seed"]
+        """Did two workers enqueue the same seed (or search slot) at once? Then the later-claimed
+        copy is dropped."""
+        key = SLOT if SLOT in claimed.user_attrs else SEED
+        value = claimed.user_attrs[key]
         return any(
-            t.number != claimed.number and t.user_attrs.get("seed") == seed
-            and t.state in (TrialState.RUNNING, TrialState.COMPLETE)
+            t.number != claimed.number and t.user_attrs.get(key) == value
+            and t.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
             for t in study.get_trials(deepcopy=False)
         )
 
     def in_flight(self) -> int:
-        """Trials waiting or running anywhere (this worker's or others')."""
+        """Trials waiting or running anywhere (this worker's or others'), searches included."""
         states = (TrialState.WAITING, TrialState.RUNNING)
-        return sum(len(self.study(p).get_trials(deepcopy=False, states=states)) for p in self.plans)
+        studies = [s for p in self.plans for s in ([self.search_study(p)] if p.search else []) + [self.study(p)]]
+        return sum(len(s.get_trials(deepcopy=False, states=states)) for s in studies)
 
     def set_attr(self, claim: Claim, key: str, value: Any) -> None:
         self.storage.set_trial_user_attr(claim.trial_id, key, value)
@@ -220,6 +290,17 @@ class TrialBook:
         for key, item in attrs.items():
             self.set_attr(claim, key, item)
         claim.study.tell(claim.trial.number, value)
+
+    def report(self, claim: Claim, epoch: int, value: float) -> bool:
+        """A search trial's validation metric after ``epoch``: should its pruner stop it?"""
+        assert claim.handle is not None
+        claim.handle.report(value, epoch)
+        return claim.handle.should_prune()
+
+    def prune(self, claim: Claim, attrs: dict[str, Any]) -> None:
+        for key, item in attrs.items():
+            self.set_attr(claim, key, item)
+        claim.study.tell(claim.trial.number, state=TrialState.PRUNED)
 
     def fail(self, claim: Claim, kind: str, reason: str, attrs: dict[str, Any] | None = None) -> None:
         for key, item in (attrs or {}).items():
@@ -231,8 +312,8 @@ class TrialBook:
         self.storage.set_trial_user_attr(trial_id, "fail_reason", reason)
         self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
-    def trials(self, plan: StudyPlan) -> Iterator[FrozenTrial]:
-        study = self.existing(plan)
+    def trials(self, plan: StudyPlan, search: bool = False) -> Iterator[FrozenTrial]:
+        study = self.existing(plan, search)
         if study is not None:
             yield from study.get_trials(deepcopy=False)
 
@@ -264,7 +345,7 @@ class Heartbeat:
 
 def _settled(trial: FrozenTrial, retry_failed: bool) -> bool:
     """Does this trial stand for its seed (finished, under way, or failed for good)?"""
-    if trial.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING):
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING):
         return True
     if trial.state == TrialState.FAIL:
         return not (_retryable(trial) or retry_failed or trial.user_attrs.get("fail_kind") == "duplicate")

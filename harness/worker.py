@@ -26,7 +26,7 @@ from typing import Any
 
 from .devices import Gpu, GpuPool, Lease, lock_dir
 from .distributed import TrialAddress
-from .events import EpochEnd, RunEvents
+from .events import EpochEnd, RunEvents, Validated
 from .plan import StudyPlan
 from .storage import Claim, TrialBook
 
@@ -67,6 +67,9 @@ def work(book: TrialBook, options: WorkerOptions, events: RunEvents | None = Non
     ran = 0
     while True:
         claim = book.claim()
+        if claim is None:
+            book.sync()  # a search that has just finished enqueues its comparison's finals
+            claim = book.claim()
         if claim is not None and ran == 0:
             trial_processes(book.plans, start=True)
         if claim is None:
@@ -77,10 +80,10 @@ def work(book: TrialBook, options: WorkerOptions, events: RunEvents | None = Non
             time.sleep(POLL_SECONDS)
             book.sync()  # retry_failed applies once, at the start: a trial failing again stays failed
             continue
-        events.trial_started(claim.plan, claim.seed)
+        events.trial_started(claim.plan, claim.label)
         outcome = run_claim(book, claim, options, events, pool)
         ran += 1
-        events.trial_ended(claim.plan, claim.seed, outcome)
+        events.trial_ended(claim.plan, claim.label, outcome)
 
 
 def trial_processes(plans: Iterable[StudyPlan] = (), start: bool = False) -> Any:
@@ -109,8 +112,9 @@ def _module(make: Any) -> str | None:
     return make.partition(":")[0] if isinstance(make, str) else getattr(make, "__module__", None)
 
 
-def trial_dir(runs_dir: Path, plan: StudyPlan, seed: int) -> Path:
-    return runs_dir / plan.suite / plan.slug / f"seed-{seed}"
+def trial_dir(runs_dir: Path, claim: Claim) -> Path:
+    name = f"search-{claim.trial.user_attrs['slot']}" if claim.search else f"seed-{claim.seed}"
+    return runs_dir / claim.plan.suite / claim.plan.slug / name
 
 
 def run_claim(book: TrialBook, claim: Claim, options: WorkerOptions, events: RunEvents,
@@ -119,7 +123,7 @@ def run_claim(book: TrialBook, claim: Claim, options: WorkerOptions, events: Run
     its result or its failure."""
     plan = claim.plan
     devices = plan.variant.config.devices
-    work_dir = trial_dir(options.runs_dir, plan, claim.seed)
+    work_dir = trial_dir(options.runs_dir, claim)
     if not claim.resume and work_dir.exists():
         _clear(work_dir)  # a fresh attempt must not resume from an earlier, different run
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +131,7 @@ def run_claim(book: TrialBook, claim: Claim, options: WorkerOptions, events: Run
     threads = max(1, options.threads // devices) if options.threads else None
     address = TrialAddress(suite=options.suite_path, study=plan.name, seed=claim.seed, work_dir=work_dir,
                            data_root=options.data_root, smoke_data=options.data_root if options.smoke else None,
-                           resume=claim.resume, threads=threads)
+                           resume=claim.resume, threads=threads, params=claim.params, search=claim.search)
     where = {"work_dir": str(work_dir), "log": str(log)}
     if options.gpus and devices > len(options.gpus):
         reason = f"devices = {devices}, but this run has {len(options.gpus)} GPU(s)"
@@ -138,21 +142,24 @@ def run_claim(book: TrialBook, claim: Claim, options: WorkerOptions, events: Run
     try:
         with book.heartbeat(claim):
             if options.gpus:
-                lease = pool.acquire(devices, waiting=lambda: events.waiting_for_gpus(plan, claim.seed, devices))
+                lease = pool.acquire(devices, waiting=lambda: events.waiting_for_gpus(plan, claim.label, devices))
             where["device"] = lease.label if lease else "cpu"
             book.set_attr(claim, "device", where["device"])
-            events.device_chosen(plan, claim.seed, where["device"])
+            events.device_chosen(plan, claim.label, where["device"])
             if devices > 1:
                 final, code = _run_distributed(address, devices, log, lease)
             else:
-                final, code = _run_process(address, log, lambda end: events.epoch_ended(plan, claim.seed, end),
-                                           lease.visible if lease else None)
+                final, code = _run_process(address, log, lambda end: events.epoch_ended(plan, claim.label, end),
+                                           lease.visible if lease else None, _pruning(book, claim))
     except KeyboardInterrupt:
         book.fail(claim, "interrupted", "stopped by the user; the next run resumes it", where)
         raise
     finally:
         if lease is not None:
             lease.release()
+    if final is not None and final["event"] == "pruned":
+        book.prune(claim, {**where, "pruned_after_epoch": final["epoch"]})
+        return Outcome(True, "pruned", f"after epoch {final['epoch']}")
     if final is None:
         why = f"killed by signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
         book.fail(claim, "crash", f"the trial process ended without a result ({why}); see {log}", where)
@@ -161,7 +168,9 @@ def run_claim(book: TrialBook, claim: Claim, options: WorkerOptions, events: Run
         book.fail(claim, final["kind"], final["reason"], {**where, "traceback": final["traceback"]})
         return Outcome(False, final["kind"], final["reason"])
     result = final["result"]
-    value = result["metrics"].get(plan.metric)
+    # A search is scored on the validation split (its last validation), never on the test split.
+    value = (result["curves"].get(f"val_{plan.metric}") or [None])[-1] if claim.search \
+        else result["metrics"].get(plan.metric)
     if value is None:
         reason = f"the task reported no {plan.metric!r} (it reported {sorted(result['metrics'])})"
         book.fail(claim, "error", reason, where)
@@ -170,9 +179,20 @@ def run_claim(book: TrialBook, claim: Claim, options: WorkerOptions, events: Run
     return Outcome(True)
 
 
+def _pruning(book: TrialBook, claim: Claim) -> Callable[[Validated], bool] | None:
+    """For a search trial: report each validation to its pruner; True when it says stop."""
+    if not claim.search:
+        return None
+    metric = claim.plan.metric
+    return lambda validated: metric in validated.metrics and book.report(claim, validated.epoch,
+                                                                         validated.metrics[metric])
+
+
 def _run_process(address: TrialAddress, log: Path, on_epoch: Callable[[EpochEnd], None],
-                 visible: str | None) -> tuple[dict | None, int | None]:
-    """The trial in a process from the fork server; its epochs are passed on as they end."""
+                 visible: str | None, prune: Callable[[Validated], bool] | None = None,
+                 ) -> tuple[dict | None, int | None]:
+    """The trial in a process from the fork server; its epochs are passed on as they end. A
+    search trial that its pruner stops ends with ``{"event": "pruned", "epoch": ...}``."""
     ctx = trial_processes()
     receive, send = ctx.Pipe(duplex=False)
     ignore_sigint = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
@@ -189,6 +209,11 @@ def _run_process(address: TrialAddress, log: Path, on_epoch: Callable[[EpochEnd]
                     break
                 if isinstance(message, EpochEnd):
                     on_epoch(message)
+                elif isinstance(message, Validated):
+                    if prune is not None and prune(message):
+                        _stop(child)
+                        final = {"event": "pruned", "epoch": message.epoch}
+                        break
                 else:
                     final = message
             elif not child.is_alive():

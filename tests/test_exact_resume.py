@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from harness.engine import TrialRequest, run_trial
+from harness.events import EpochEnd
 
 EPOCHS = 3
 
@@ -47,8 +48,8 @@ def _die_at(tmp_path: Path, norm: str, norm_values: dict[str, Any], task_values:
         CheckpointHook.after_train_epoch = save_then_die
         on_epoch = None
     else:  # the whole of epoch + 1 trained, its checkpoint not yet written
-        def on_epoch(end: Any) -> None:
-            if end.epoch == epoch + 1:
+        def on_epoch(event: Any) -> None:
+            if isinstance(event, EpochEnd) and event.epoch == epoch + 1:
                 os._exit(137)
     made = request(tmp_path, "trial", norm, norm_values, task_values)
     run_trial(made, on_epoch) if on_epoch else run_trial(made)

@@ -241,10 +241,10 @@ def test_trials_start_from_the_fork_server_and_rebuild_local_plugins(tmp_path: P
         def __init__(self) -> None:
             self.seen: list[str] = []
 
-        def device_chosen(self, plan: Any, seed: int, device: str) -> None:
+        def device_chosen(self, plan: Any, trial: str, device: str) -> None:
             self.seen.append(device)
 
-        def epoch_ended(self, plan: Any, seed: int, end: EpochEnd) -> None:
+        def epoch_ended(self, plan: Any, trial: str, end: EpochEnd) -> None:
             self.seen.append(f"epoch {end.epoch}/{end.epochs}")
 
     recorder = Recorder()

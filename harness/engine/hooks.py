@@ -16,7 +16,7 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from ..events import EpochEnd
+from ..events import EpochEnd, TrialEvent, Validated
 from ..protocol import NormProtocol
 from .model import TaskModel
 
@@ -39,7 +39,7 @@ class TrialHook(Hook):
 
     priority = "HIGHEST"
 
-    def __init__(self, on_epoch: Callable[[EpochEnd], None], model: TaskModel | None = None) -> None:
+    def __init__(self, on_epoch: Callable[[TrialEvent], None], model: TaskModel | None = None) -> None:
         self.on_epoch = on_epoch
         self.model = model
         self.samples = 0  # labeled samples trained on, counted batch by batch
@@ -104,9 +104,11 @@ class TrialHook(Hook):
         self.on_epoch(EpochEnd(runner.epoch + 1, runner.max_epochs, self.curves["train_loss"][-1]))
 
     def after_val_epoch(self, runner: Runner, metrics: Mapping[str, float] | None = None) -> None:
-        for name, value in (metrics or {}).items():
-            self.curves.setdefault(f"val_{name}", []).append(float(value))
+        values = {name: float(value) for name, value in (metrics or {}).items()}
+        for name, value in values.items():
+            self.curves.setdefault(f"val_{name}", []).append(value)
         self.validated_epoch = runner.epoch
+        self.on_epoch(Validated(runner.epoch, values))
 
     def state_dict(self) -> dict[str, Any]:
         """The records a resumed trial continues: curves, samples and training time so far."""

@@ -20,7 +20,7 @@ import torch
 from mmengine.runner import Runner, TestLoop, find_latest_checkpoint, set_random_seed
 from torch.utils.data import DataLoader
 
-from ..events import EpochEnd
+from ..events import TrialEvent
 from ..norm import Norm, NormConfig
 from ..task import Task, TaskConfig, TaskImpl
 from .costs import current_rss_mb, environment, peak_memory_mb
@@ -55,7 +55,7 @@ class TrialResult:
     evaluations: dict[str, dict[str, Any]] | None = None  # name -> {"oracle": bool, "summary": str}
 
 
-def run_trial(request: TrialRequest, on_epoch: Callable[[EpochEnd], None] = lambda end: None) -> TrialResult:
+def run_trial(request: TrialRequest, on_epoch: Callable[[TrialEvent], None] = lambda event: None) -> TrialResult:
     """Train and evaluate one (task configuration, norm, seed) and return what was measured."""
     start_rss = current_rss_mb()
     resume, checkpoint, restarted = request.resume, None, ""

@@ -32,6 +32,7 @@ class Row:
     failed: list[dict[str, Any]] = field(default_factory=list)
     oracle: set[str] = field(default_factory=set)  # metrics of protocols that use test labels
     pending: int = 0
+    tuned: dict[str, Any] = field(default_factory=dict)  # the search's best setting, run by the finals
     rank: int | None = None
     vs_baseline: Comparison | None = None
 
@@ -82,6 +83,7 @@ def build(suite: Suite, plans: list[StudyPlan], book: TrialBook) -> Board:
                                    "reason": trial.user_attrs.get("fail_reason", "")})
                 continue
             row.values[seed] = float(trial.value)
+            row.tuned = trial.user_attrs.get("params") or {}
             evaluations = trial.user_attrs.get("evaluations") or {}
             oracles = {name for name, info in evaluations.items() if info.get("oracle")}
             for name, value in trial.user_attrs.get("metrics", {}).items():
@@ -124,7 +126,7 @@ def _tidy(plan: StudyPlan, seed: int, trial: FrozenTrial) -> dict[str, Any]:
         "suite": plan.suite, "variant": plan.variant.label, "norm": plan.norm.label,
         "norm_use": plan.norm.norm.name, "norm_params": json.dumps(plan.norm.params, sort_keys=True),
         "seed": seed, "state": trial.state.name.lower(), "study": plan.name,
-        "trial": trial.number,
+        "trial": trial.number, "tuned": json.dumps(attrs.get("params") or {}, sort_keys=True),
     }
     row.update({f"metric.{k}": v for k, v in attrs.get("metrics", {}).items()})
     row.update({f"cost.{k}": v for k, v in attrs.get("cost", {}).items()})

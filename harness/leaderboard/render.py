@@ -53,6 +53,9 @@ def markdown(board: Board) -> str:
         "with its 95% confidence interval (paired t over shared seeds, else Welch); * marks p < 0.05.",
         "",
     ]
+    if s.search is not None:
+        lines += [f"Each norm was tuned first: {s.search.trials} {s.search.sampler} search trial(s) on the validation "
+                  f"split ({s.search.pruner} pruner); every seed then ran the best setting (`tuned`).", ""]
     for label, rows in board.variants.items():
         oracle = sorted({m for r in rows for m in r.oracle})
         others = sorted({m for r in rows for m in r.metrics} - {s.metric} - set(oracle))
@@ -65,7 +68,9 @@ def markdown(board: Board) -> str:
         for row in sorted(rows, key=lambda r: (r.rank is None, r.rank or 0)):
             std = f" ± {row.std:.4f}" if row.std is not None else ""
             cells = [
-                str(row.rank or "–"), f"`{row.norm}`" + (f" {row.params}" if row.params else ""),
+                str(row.rank or "–"), f"`{row.norm}`" + (f" {row.params}" if row.params else "")
+                + (" tuned: " + ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}" for k, v in row.tuned.items())
+                   if row.tuned else ""),
                 "–" if row.mean is None else f"{row.mean:.4f}{std}", str(row.n), _delta(row),
                 *[_fmt(_mean(row.metrics.get(m))) for m in others],
                 _fmt(_mean(row.costs.get("train_seconds")), 3), _fmt(_mean(row.costs.get("samples_per_second")), 4),

@@ -72,8 +72,9 @@ class Suite:
         each variant's ``smoke`` configuration, tiny data generated under ``data_root``, and the
         default storage (never the real one)."""
         variants = [Variant(v.label, v.config.smoke(data_root), v.axes) for v in self.variants]
+        search = self.search and self.search.model_copy(update={"trials": min(2, self.search.trials), "epochs": None})
         return dataclasses.replace(self, name=f"{self.name}-smoke", seeds=self.seeds[:1], variants=variants,
-                                   storage=None, data_root=str(data_root))
+                                   storage=None, data_root=str(data_root), search=search)
 
     def missing_data(self, data_root: Path) -> list[Problem]:
         """A problem for every variant whose data is not under ``data_root``."""

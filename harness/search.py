@@ -1,0 +1,64 @@
+"""The search phase of a comparison: Optuna's samplers and pruners as a suite's ``[search]``
+names them, the sampled point of a claimed search trial, and when the finals may start.
+
+Search trials are slots enqueued in the comparison's search study (exactly ``trials`` of them,
+so any number of workers never overshoot); a worker that claims one asks the sampler for its
+point there. They are scored on the validation split, never the test split. Once every slot
+has finished, the best point becomes the setting of the comparison's final trials.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from .suite import SearchSection
+
+
+def sampler(search: SearchSection, space: dict[str, BaseDistribution], trial_number: int,
+            ) -> optuna.samplers.BaseSampler:
+    """The suite's sampler for one trial. Seeded from (search seed, trial number): workers that
+    sample at once draw different points, and a search repeats as a whole; what TPE and CMA-ES
+    learn lives in the storage, not in the sampler object."""
+    seed = int(np.random.SeedSequence((search.seed, trial_number)).generate_state(1)[0])
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if search.sampler == "grid":
+        grid = {key: list(found.choices) for key, found in space.items() if isinstance(found, CategoricalDistribution)}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    if search.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def pruner(search: SearchSection) -> optuna.pruners.BasePruner:
+    """Median: stop a trial whose validation metric is below the median of earlier trials at the
+    same epoch (after the first epoch, once two trials have finished). Hyperband: successive
+    halving over the search's epochs."""
+    if search.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if search.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    return optuna.pruners.NopPruner()
+
+
+def suggest(trial: optuna.Trial, space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    """The sampler's point for a claimed trial, recorded on it."""
+    for key, found in space.items():
+        if isinstance(found, CategoricalDistribution):
+            trial.suggest_categorical(key, found.choices)
+        elif isinstance(found, IntDistribution):
+            trial.suggest_int(key, found.low, found.high, log=found.log)
+        elif isinstance(found, FloatDistribution):
+            trial.suggest_float(key, found.low, found.high, log=found.log)
+    return dict(trial.params)
+
+
+def best_params(study: optuna.Study) -> dict[str, Any] | None:
+    """The best completed search trial's point; None when none completed."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return study.best_trial.params if complete else None
