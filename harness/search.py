@@ -1,14 +1,17 @@
 """The search phase of a comparison: Optuna's samplers and pruners as a suite's ``[search]``
-names them, the sampled point of a claimed search trial, and when the finals may start.
+names them, the points of a grid, and the point of a claimed search trial.
 
 Search trials are slots enqueued in the comparison's search study (exactly ``trials`` of them,
 so any number of workers never overshoot); a worker that claims one asks the sampler for its
-point there. They are scored on the validation split, never the test split. Once every slot
-has finished, the best point becomes the setting of the comparison's final trials.
+point there (a grid's points are fixed on the slots as they are enqueued). They are scored on
+the validation split, never the test split. Once every slot has finished, the best point
+becomes the setting of the comparison's final trials.
 """
 
 from __future__ import annotations
 
+import itertools
+import random
 from typing import Any
 
 import numpy as np
@@ -27,9 +30,8 @@ def sampler(search: SearchSection, space: dict[str, BaseDistribution], trial_num
     seed = int(np.random.SeedSequence((search.seed, trial_number)).generate_state(1)[0])
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if search.sampler == "grid":
-        grid = {key: list(found.choices) for key, found in space.items() if isinstance(found, CategoricalDistribution)}
-        return optuna.samplers.GridSampler(grid, seed=seed)
+    if search.sampler == "grid":  # the points are fixed on the slots (grid_points); nothing to sample
+        return optuna.samplers.RandomSampler(seed=seed)
     if search.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     return optuna.samplers.TPESampler(seed=seed)
@@ -44,6 +46,16 @@ def pruner(search: SearchSection) -> optuna.pruners.BasePruner:
     if search.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1)
     return optuna.pruners.NopPruner()
+
+
+def grid_points(search: SearchSection, space: dict[str, BaseDistribution]) -> list[dict[str, Any]]:
+    """A grid search's points, one per slot: every combination of the keys' choices, in an order
+    shuffled by the search seed (a search of fewer trials than points takes the first)."""
+    keys = list(space)
+    points = [dict(zip(keys, values, strict=True))
+              for values in itertools.product(*(space[key].choices for key in keys))]
+    random.Random(search.seed).shuffle(points)
+    return points
 
 
 def suggest(trial: optuna.Trial, space: dict[str, BaseDistribution]) -> dict[str, Any]:

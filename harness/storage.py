@@ -175,7 +175,7 @@ class TrialBook:
         """Fail the trials of dead workers, then enqueue every search slot and every seed that has
         nothing to show. A comparison's finals are enqueued once its search has finished, with
         the best point found."""
-        from .search import best_params
+        from .search import best_params, grid_points
 
         for plan in self.plans:
             study = self.study(plan)
@@ -185,7 +185,8 @@ class TrialBook:
                 search = self.search_study(plan)
                 self._fail_dead(search)
                 slots = range(plan.search.trials)
-                if not self._enqueue_missing(search, SLOT, slots, retry_failed, resumable=False):
+                grid = grid_points(plan.search, plan.space().distributions) if plan.search.sampler == "grid" else None
+                if not self._enqueue_missing(search, SLOT, slots, retry_failed, resumable=False, fixed=grid):
                     continue  # the search is under way: its finals wait for it
                 found = best_params(search)
                 if found is None:
@@ -195,9 +196,10 @@ class TrialBook:
 
     @staticmethod
     def _enqueue_missing(study: optuna.Study, key: str, values: Any, retry_failed: bool, resumable: bool,
-                         **attrs: Any) -> bool:
+                         fixed: list[dict[str, Any]] | None = None, **attrs: Any) -> bool:
         """Enqueue a trial for each value of ``key`` (a seed, a search slot) that has nothing to
-        show; True when every value's trial has finished."""
+        show, with ``fixed[value]`` as its point where given; True when every value's trial has
+        finished."""
         by_value: dict[int, list[FrozenTrial]] = {}
         for trial in study.get_trials(deepcopy=False):
             if key in trial.user_attrs:
@@ -209,7 +211,7 @@ class TrialBook:
             if any(_settled(t, retry_failed) for t in trials):
                 continue
             resume = resumable and any(_retryable(t) for t in trials)
-            study.enqueue_trial({}, user_attrs={key: value, "resume": resume, **attrs})
+            study.enqueue_trial(fixed[value] if fixed else {}, user_attrs={key: value, "resume": resume, **attrs})
             finished = False
         return finished
 

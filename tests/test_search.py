@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from conftest import assert_every_trial_complete, run_cli, write_suite
@@ -122,3 +123,57 @@ def test_a_smoke_run_searches_too(tmp_path: Path) -> None:
     url = f"sqlite:///{work / 'runs' / 'tuned-smoke' / 'storage.db'}"
     search = [ts for name, ts in studies(url).items() if name.endswith("/search")]
     assert [len(ts) for ts in search] == [2, 2]
+
+
+def test_a_grid_search_runs_each_point_once_and_refuses_more_trials_than_points(tmp_path: Path) -> None:
+    suite = write_suite(tmp_path, name="tuned", seeds="[0]", norms=("batchnorm",), body="""
+        [search]
+        trials = 4
+        sampler = "grid"
+        pruner = "none"
+        [search.space]
+        "optimizer.lr" = { choices = [0.01, 0.1] }
+        "norm.momentum" = { choices = [0.1, 0.3] }
+    """)
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_cli("run", str(suite), "--quiet", "--workers", "2", cwd=work)
+    assert result.returncode == 0, result.stderr
+    [search] = [ts for name, ts in studies(sqlite(work)).items() if name.endswith("/search")]
+    points = sorted((t.params["optimizer.lr"], t.params["norm.momentum"]) for t in search)
+    assert points == [(0.01, 0.1), (0.01, 0.3), (0.1, 0.1), (0.1, 0.3)]
+
+    suite.write_text(suite.read_text().replace("trials = 4", "trials = 5"))
+    refused = run_cli("check", str(suite), cwd=work)
+    assert refused.returncode == 2
+    assert "search.trials: the grid of norm 'batchnorm' has 4 point(s), fewer than trials = 5" in refused.stderr
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes"])
+def test_each_sampler_picks_the_points_of_claimed_slots_and_finals_wait_for_all(tmp_path: Path, sampler: str) -> None:
+    """On the storage API: slots are claimed one by one with the sampler's points, and the
+    finals are enqueued only when the last slot has finished, with the best point."""
+    from harness.plan import make_plan
+    from harness.plugins import load_registry
+    from harness.storage import TrialBook, open_storage
+    from harness.suite import load_suite
+
+    suite = load_suite(search_suite(tmp_path, trials=4, sampler=sampler), load_registry())
+    plan = make_plan(suite)[0]
+    book = TrialBook(open_storage(f"sqlite:///{tmp_path / 'storage.db'}"), [plan])
+    book.sync()
+    scores = [0.2, 0.9, 0.5, 0.4]
+    claims = []
+    for score in scores:
+        claim = book.claim()
+        assert claim is not None and claim.search and set(claim.params) == {"optimizer.lr", "norm.momentum"}
+        claims.append(claim)
+        book.complete(claim, score, {})
+        book.sync()
+        if len(claims) < len(scores):
+            assert not list(book.trials(plan)), "finals enqueued before the search finished"
+    assert len({tuple(c.params.items()) for c in claims}) == 4
+    finals = list(book.trials(plan))
+    assert sorted(t.user_attrs["seed"] for t in finals) == [0, 1]
+    assert all(t.user_attrs["params"] == claims[1].params for t in finals)
+    assert book.claim().label == "seed 0"

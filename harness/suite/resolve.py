@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,9 +291,17 @@ class _Resolver:
                 if (variant.label, spec.label) in excluded:
                     continue
                 try:
-                    resolve_space(search.space, variant.config, spec.config, grid=search.sampler == "grid")
+                    space = resolve_space(search.space, variant.config, spec.config, grid=search.sampler == "grid")
                 except SpaceErrors as found:
                     for error in found.errors:
                         if error.key not in reported:  # once per key, for the first pair it fails for
                             reported.add(error.key)
                             self.problem(f"search.space.{error.key}", f"{error} (norm {spec.label!r}, {variant.label})")
+                    continue
+                if search.sampler != "grid":
+                    continue
+                points = math.prod(len(d.choices) for d in space.distributions.values())
+                if search.trials > points and "search.trials" not in reported:
+                    reported.add("search.trials")
+                    self.problem("search.trials", f"the grid of norm {spec.label!r} has {points} point(s), fewer "
+                                 f"than trials = {search.trials}; lower trials or add choices")
