@@ -72,6 +72,15 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: f
                           capture_output=True, timeout=timeout)
 
 
+def run_together(count: int, *args: str, cwd: Path) -> None:
+    """``count`` processes of ``harness ARGS`` started at the same instant; each must succeed."""
+    runs = [subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=cwd, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE) for _ in range(count)]
+    for run in runs:
+        _, err = run.communicate(timeout=600)
+        assert run.returncode == 0 and "Traceback" not in err, err
+
+
 def assert_every_trial_complete(work: Path, name: str, planned: int | None = None) -> None:
     """Every planned trial of the suite ``name`` run under ``work`` is in its leaderboard, complete
     (``planned`` of them, where given): a run's exit code alone does not prove that no trial failed."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from conftest import assert_every_trial_complete, run_cli, write_suite
+from conftest import assert_every_trial_complete, run_cli, run_together, write_suite
 from postgres_server import PostgresServer
 
 
@@ -27,12 +27,7 @@ def test_runs_started_together_on_a_new_database_run_every_trial_once(tmp_path: 
     suite = write_suite(tmp_path, name="shared", seeds="[0, 1, 2]", norms=("batchnorm", "layernorm", "none"))
     work = tmp_path / "work"
     work.mkdir()
-    runs = [subprocess.Popen([sys.executable, "-m", "harness", "run", str(suite), "--storage", url, "--quiet"],
-                             cwd=work, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            for _ in range(3)]
-    for run in runs:
-        _, err = run.communicate(timeout=600)
-        assert run.returncode == 0 and "Traceback" not in err, err
+    run_together(3, "run", str(suite), "--storage", url, "--quiet", cwd=work)
     trials = stored_trials(url)
     done = Counter((study, t.user_attrs["seed"]) for study, t in trials if t.state == TrialState.COMPLETE)
     assert len(done) == 9 and set(done.values()) == {1}, done

@@ -4,8 +4,6 @@ pruned, and only then do its final trials run, each seed once, with the best set
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from conftest import assert_every_trial_complete, run_cli, write_suite
+from conftest import assert_every_trial_complete, run_cli, run_together, write_suite
 from postgres_server import PostgresServer
 
 SEARCH = """
@@ -103,12 +101,7 @@ def test_two_runs_on_postgresql_search_then_finals_each_trial_once(tmp_path: Pat
     url = postgres.new_database()
     suite, work = search_suite(tmp_path, trials=4), tmp_path / "work"
     work.mkdir()
-    runs = [subprocess.Popen([sys.executable, "-m", "harness", "run", str(suite), "--storage", url, "--quiet"],
-                             cwd=work, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            for _ in range(2)]
-    for run in runs:
-        _, err = run.communicate(timeout=600)
-        assert run.returncode == 0 and "Traceback" not in err, err
+    run_together(2, "run", str(suite), "--storage", url, "--quiet", cwd=work)
     found = studies(url)
     assert_searched_then_finals(found, 4)
     workers = {t.user_attrs["worker"] for ts in found.values() for t in ts if t.state == TrialState.COMPLETE}
