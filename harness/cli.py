@@ -299,9 +299,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         counts["not started"] += len(set(plan.seeds) - seen)
     total = len(plans) * len(suite.seeds)
     print(f"{suite.name}: {total} planned trial(s); " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if n))
+    _print_phases(plans, book)
     for plan in plans:
-        if plan.search is not None:
-            _print_search_status(plan, list(book.trials(plan, search=True)))
         for t in [*book.trials(plan, search=True), *book.trials(plan)]:
             if t.state.name == "RUNNING":
                 attrs = t.user_attrs
@@ -311,16 +310,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_search_status(plan: Any, trials: list[Any]) -> None:
-    """One line per comparison's search: its trials by state and the best value so far."""
+def _print_phases(plans: list[Any], book: Any) -> None:
+    """Per (variant, norm) and phase (search, finals): trials by state, and the best value so far
+    (a search's on the validation split; the finals' mean on the test split)."""
     from collections import Counter
 
-    states = Counter(t.state.name.lower() for t in trials if t.user_attrs.get("fail_kind") != "duplicate")
-    done = [t for t in trials if t.state.name == "COMPLETE"]
-    best = (max if plan.direction == "max" else min)(done, key=lambda t: t.value) if done else None
-    shown = ", ".join(f"{states[s]} {s}" for s in ("complete", "pruned", "running", "waiting", "fail") if states[s])
-    print(f"  search {plan.variant.label} · {plan.norm.label}: {shown or 'not started'} of {plan.search.trials}"
-          + (f"; best validation {plan.metric} {best.value:.4g} ({best.params})" if best else ""))
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("variant", "norm", "phase", "complete", "running", "pruned", "failed", "waiting", "value",
+                  box=None, pad_edge=False)
+    for plan in plans:
+        phases = [("search", plan.search.trials, True)] if plan.search is not None else []
+        for phase, planned, search in [*phases, ("finals", len(plan.seeds), False)]:
+            trials = [t for t in book.trials(plan, search) if t.user_attrs.get("fail_kind") != "duplicate"]
+            states = Counter(t.state.name.lower() for t in trials)
+            values = [t.value for t in trials if t.state.name == "COMPLETE"]
+            started = {t.user_attrs.get("slot" if search else "seed") for t in trials}
+            waiting = states["waiting"] + planned - len(started)
+            value = ((max if plan.direction == "max" else min)(values) if search else sum(values) / len(values)) \
+                if values else None
+            shown = "–" if value is None else f"{'best val' if search else 'mean test'} {value:.4g}"
+            table.add_row(plan.variant.label, plan.norm.label, phase, str(states["complete"]), str(states["running"]),
+                          str(states["pruned"]), str(states["fail"]), str(waiting), shown)
+    Console(width=160).print(table)
 
 
 def cmd_check_norm(args: argparse.Namespace) -> int:

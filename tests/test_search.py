@@ -73,7 +73,11 @@ def test_each_norm_is_tuned_then_its_finals_run_the_best_setting(tmp_path: Path)
     assert "tuned: optimizer.lr" in board and "3 random search trial(s) on the validation split" in board
 
     status = run_cli("status", str(suite), cwd=work)
-    assert "search spiral · batchnorm: 3 complete of 3; best validation accuracy" in status.stdout, status.stdout
+    rows = [line.split() for line in status.stdout.splitlines() if line.startswith("spiral")]
+    assert [row[:8] for row in rows] == [
+        ["spiral", norm, phase, done, "0", "0", "0", "0"]
+        for norm in ("batchnorm", "layernorm") for phase, done in (("search", "3"), ("finals", "2"))], status.stdout
+    assert [row[8:10] for row in rows][:2] == [["best", "val"], ["mean", "test"]]
 
     # A new space is a new search (and new finals); the old one stays in storage.
     suite.write_text(suite.read_text().replace("trials = 3", "trials = 2"))
