@@ -37,14 +37,15 @@ def sampler(search: SearchSection, space: dict[str, BaseDistribution], trial_num
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def pruner(search: SearchSection) -> optuna.pruners.BasePruner:
+def pruner(search: SearchSection, epochs: int) -> optuna.pruners.BasePruner:
     """Median: stop a trial whose validation metric is below the median of earlier trials at the
-    same epoch (after the first epoch, once two trials have finished). Hyperband: successive
-    halving over the search's epochs."""
+    same epoch, once four trials have finished and after the first fifth of its ``epochs`` (earlier
+    epochs rank slow starters, e.g. a high learning rate under a cosine schedule, too low).
+    Hyperband: successive halving over the epochs."""
     if search.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=max(1, epochs // 5))
     if search.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
     return optuna.pruners.NopPruner()
 
 

@@ -147,7 +147,8 @@ class TrialBook:
         """The study of a comparison's search (one trial per slot), with the suite's pruner."""
         from .search import pruner
 
-        return self._open(plan.search_name, plan, {"phase": "search"}, pruner(plan.search))
+        epochs = plan.search.epochs or plan.variant.config.epochs
+        return self._open(plan.search_name, plan, {"phase": "search"}, pruner(plan.search, epochs))
 
     def _open(self, name: str, plan: StudyPlan, attrs: dict[str, Any], pruner: Any = None) -> optuna.Study:
         if name not in self.studies:

@@ -30,7 +30,7 @@ from .events import EpochEnd, RunEvents, Validated
 from .plan import StudyPlan
 from .storage import Claim, TrialBook
 
-POLL_SECONDS = 2.0
+POLL_SECONDS = 0.5  # how often an idle worker looks again (finals waiting for a search, trials of others)
 START_METHOD = "forkserver"
 #: Imported once by the fork server, so that no trial imports them again. Nothing here touches
 #: CUDA (see :func:`trial_processes`); the rest is what a trial's first steps import lazily.
