@@ -59,11 +59,13 @@ class StudyPlan:
     def configs(self, params: dict[str, Any], search: bool) -> tuple[Any, Any]:
         """The task and norm configs of a trial with tuned or sampled ``params``; a search trial
         trains for the search's ``epochs`` where the suite gives them."""
+        from .space import with_values
+
         task, norm = self.variant.config, self.norm.config
         if params:
             task, norm = self.space().configs(params, task, norm)
         if search and self.search is not None and self.search.epochs is not None:
-            task = type(task).model_validate({**task.model_dump(), "epochs": self.search.epochs})
+            task = with_values(task, {"epochs": self.search.epochs})
         return task, norm
 
     @property

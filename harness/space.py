@@ -62,7 +62,7 @@ class Space:
         """The trial's task and norm configs with the sampled ``params`` set, validated."""
         task_values = {k: v for k, v in params.items() if not k.startswith(NORM)}
         norm_values = {k.removeprefix(NORM): v for k, v in params.items() if k.startswith(NORM)}
-        return _with(task, task_values), _with(norm, norm_values)
+        return with_values(task, task_values), with_values(norm, norm_values)
 
 
 def resolve_space(space: dict[str, Any], task: TaskConfig, norm: NormConfig, grid: bool = False) -> Space:
@@ -138,8 +138,8 @@ def _annotation(model: BaseModel, path: str, key: str) -> Any:
     return annotation
 
 
-def _with(model: Any, values: dict[str, Any]) -> Any:
-    """``model`` with the values at dotted paths set, validated by its class."""
+def with_values(model: Any, values: dict[str, Any]) -> Any:
+    """``model`` (a config) with the values at dotted paths set, validated by its class."""
     data = model.model_dump()
     for path, value in values.items():
         *parents, leaf = path.split(".")
@@ -152,7 +152,7 @@ def _with(model: Any, values: dict[str, Any]) -> Any:
 
 def _check(model: BaseModel, path: str, value: Any, key: str) -> None:
     try:
-        _with(model, {path: value})
+        with_values(model, {path: value})
     except ValidationError as error:
         reason = error.errors()[0]["msg"]
         raise SpaceError(key, f"{value!r} is not a valid {path!r}: {reason}") from None
