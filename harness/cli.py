@@ -238,8 +238,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         book = TrialBook(open_storage(url, heartbeat=args.heartbeat), plans)
     except UserError:
-        for folder in created:  # an unreachable database leaves nothing behind
-            folder.rmdir()
+        import shutil
+
+        for folder in created:  # an unreachable database leaves nothing behind (all in them is this run's)
+            shutil.rmtree(folder, ignore_errors=True)
         raise
     finish_interrupted_writes(out / "leaderboard")  # a set of files a kill left half-replaced
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)

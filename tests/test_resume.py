@@ -108,10 +108,10 @@ def test_two_workers_share_the_work_without_duplicates(tmp_path: Path) -> None:
 
 
 def test_a_resume_point_survives_a_kill_while_checkpoints_are_written(tmp_path: Path) -> None:
-    """mmengine truncates ``last_checkpoint`` before writing it, and writes a checkpoint in place:
-    a kill can leave the first empty and the newest checkpoint cut short. The trial then resumes
-    from the one before (two are kept); with none readable it trains again from epoch 0, and
-    says so. Both end complete, on the real engine."""
+    """A checkpoint is written under a temporary name and renamed, then ``last_checkpoint`` is
+    replaced, and only then is the previous checkpoint removed: a kill while the next one is
+    written leaves the last one whole and named. A trial whose checkpoints are all unreadable
+    trains again from epoch 0 and says so. Both end complete, on the real engine."""
     from test_engine_options import toy_request
 
     from harness.engine import run_trial
@@ -119,13 +119,15 @@ def test_a_resume_point_survives_a_kill_while_checkpoints_are_written(tmp_path: 
 
     work = tmp_path / "trial"
     run_trial(toy_request(tmp_path, name="trial", epochs=3))
-    assert sorted(p.name for p in work.glob("epoch_*.pth")) == ["epoch_2.pth", "epoch_3.pth"]
-    newest = work / "epoch_3.pth"
-    newest.write_bytes(newest.read_bytes()[:1000])  # cut short by the kill
-    (work / "last_checkpoint").write_text("")  # truncated, not yet written
-    assert resume_point(work) == work / "epoch_2.pth"
-    resumed = run_trial(replace(toy_request(tmp_path, name="trial", epochs=3), resume=True))
-    assert (resumed.resumed_from_epoch, resumed.restarted) == (2, "")
+    assert sorted(p.name for p in work.iterdir() if p.is_file() and not p.name.startswith("20")) == [
+        "epoch_3.pth", "last_checkpoint"]  # (and mmengine's dump of its config, named by the time)
+    assert (work / "last_checkpoint").read_text() == str(work / "epoch_3.pth")
+    (work / "epoch_4.pth.tmp").write_bytes((work / "epoch_3.pth").read_bytes()[:1000])  # killed while written
+    assert resume_point(work) == work / "epoch_3.pth"
+    (work / "last_checkpoint").write_text("")  # damaged otherwise: the newest readable file is found
+    assert resume_point(work) == work / "epoch_3.pth"
+    resumed = run_trial(replace(toy_request(tmp_path, name="trial", epochs=4), resume=True))
+    assert (resumed.resumed_from_epoch, resumed.restarted) == (3, "")
 
     for checkpoint in work.glob("epoch_*.pth"):
         checkpoint.write_bytes(b"garbage")

@@ -1,7 +1,8 @@
 """The mmengine hooks of a trial: progress, losses and training time (:class:`TrialHook`), the
 norm protocol's epoch boundary (:class:`ProtocolHook`), and what an exact resume needs: every
-random stream seeded per epoch (:class:`EpochSeedHook`) and the checkpoint's share of the
-harness (:class:`ResumeHook`)."""
+random stream seeded per epoch (:class:`EpochSeedHook`), the checkpoint's share of the harness
+(:class:`ResumeHook`), and checkpoints written so that a kill never loses the resume point
+(:class:`AtomicCheckpointHook`)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from mmengine.hooks import Hook
+from mmengine.dist import is_main_process
+from mmengine.hooks import CheckpointHook, Hook
+from mmengine.registry import HOOKS
 from mmengine.runner import Runner
 
+from ..atomic import write_text
 from ..events import EpochEnd, TrialEvent, Validated
 from ..protocol import NormProtocol
 from .model import TaskModel
@@ -206,3 +211,32 @@ class ResumeHook(Hook):
         due = epoch >= loop.val_begin and (epoch % loop.val_interval == 0 or epoch == loop.max_epochs)
         if epoch and due and self.trial.validated_epoch < epoch:
             runner.val_loop.run()
+
+
+@HOOKS.register_module()
+class AtomicCheckpointHook(CheckpointHook):
+    """mmengine's checkpoint hook, in an order that never loses the resume point. mmengine
+    removes the oldest checkpoint first, writes the new one in place and then rewrites
+    ``last_checkpoint`` in place; a kill in between leaves a cut-short file or an empty pointer.
+    Here the new checkpoint is written whole under a temporary name and renamed, the pointer is
+    replaced by a rename, and only then is the oldest checkpoint beyond ``max_keep_ckpts`` removed."""
+
+    def _save_checkpoint_with_step(self, runner: Runner, step: int, meta: dict[str, Any]) -> None:
+        filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
+        runner.message_hub.update_info("last_ckpt", self.last_ckpt)
+        runner.save_checkpoint(self.out_dir, filename + ".tmp", self.file_client_args,
+                               save_optimizer=self.save_optimizer, save_param_scheduler=self.save_param_scheduler,
+                               meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+        outdated = []
+        if not self.keep_ckpt_ids or self.keep_ckpt_ids[-1] != step:
+            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                outdated.append(self.keep_ckpt_ids.popleft())
+            self.keep_ckpt_ids.append(step)
+            runner.message_hub.update_info("keep_ckpt_ids", list(self.keep_ckpt_ids))
+        if not is_main_process():
+            return
+        Path(self.last_ckpt + ".tmp").replace(self.last_ckpt)
+        write_text(Path(runner.work_dir) / "last_checkpoint", self.last_ckpt)
+        for old in outdated:
+            Path(self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))).unlink(missing_ok=True)

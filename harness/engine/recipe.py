@@ -114,9 +114,8 @@ def run_trial(request: TrialRequest, on_epoch: Callable[[TrialEvent], None] = la
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=LOG_INTERVAL),
             param_scheduler=dict(type="ParamSchedulerHook"),
-            # Two kept: mmengine removes the oldest before it writes the newest, so the one that
-            # `last_checkpoint` names survives a kill while the next is written.
-            checkpoint=dict(type="CheckpointHook", interval=config.checkpoint_interval, max_keep_ckpts=2,
+            # Written under a temporary name and renamed before the previous one is removed.
+            checkpoint=dict(type="AtomicCheckpointHook", interval=config.checkpoint_interval, max_keep_ckpts=1,
                             save_last=True),
         ),
         custom_hooks=[hook, EpochSeedHook(request.seed, generator), ProtocolHook(protocol, net),
@@ -174,11 +173,12 @@ def run_trial(request: TrialRequest, on_epoch: Callable[[TrialEvent], None] = la
 
 
 def resume_point(work_dir: Path) -> Path | None:
-    """The checkpoint an interrupted trial resumes from: the one mmengine's ``last_checkpoint``
-    names if it is readable, else the newest readable ``epoch_N.pth``; None when there is none.
+    """The checkpoint an interrupted trial resumes from: the one ``last_checkpoint`` names if it
+    is readable, else the newest readable ``epoch_N.pth``; None when there is none.
 
-    A kill can leave ``last_checkpoint`` empty (mmengine truncates it, then writes it) or name a
-    checkpoint cut short; the one before is kept (``max_keep_ckpts=2``) and is the resume point."""
+    :class:`~.hooks.AtomicCheckpointHook` never leaves a checkpoint cut short under its own name
+    nor an empty pointer; this also copes with files damaged otherwise (a full disk, a copy, a
+    run of an older version), falling back to any older checkpoint still there."""
     numbered = [p for p in work_dir.glob("epoch_*.pth") if p.stem.partition("_")[2].isdigit()]
     candidates = sorted(numbered, key=lambda p: int(p.stem.partition("_")[2]), reverse=True)
     named = find_latest_checkpoint(str(work_dir))  # mmengine's reading of `last_checkpoint`
