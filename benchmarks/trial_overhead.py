@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from harness.engine import TrialRequest, TrialResult, run_trial
+from harness.engine.hooks import epoch_seed
 from harness.norm import Norm
 from harness.plugins import load_registry
 from harness.task import OptimizerConfig, ScheduleConfig, Task
@@ -97,6 +98,8 @@ def plain_trial(config: ToyConfig, norm: Norm, seed: int, data_root: Path) -> Me
     train_seconds = 0.0
     for epoch in range(config.epochs):
         epoch_start = time.perf_counter()
+        seed_everything(epoch_seed(seed, epoch), config.deterministic)  # as the harness seeds each epoch
+        generator.manual_seed(epoch_seed(seed, epoch))
         model.train()
         losses = []
         for inputs, targets in train_loader:
