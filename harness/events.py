@@ -26,9 +26,10 @@ class EpochEnd:
 
 @dataclass(frozen=True)
 class Validated:
-    """The validation metrics after ``epoch`` (counted from 1)."""
+    """The validation metrics after ``epoch`` (counted from 1) of ``epochs``."""
 
     epoch: int
+    epochs: int
     metrics: dict[str, float]
 
 

@@ -180,12 +180,19 @@ def run_claim(book: TrialBook, claim: Claim, options: WorkerOptions, events: Run
 
 
 def _pruning(book: TrialBook, claim: Claim) -> Callable[[Validated], bool] | None:
-    """For a search trial: report each validation to its pruner; True when it says stop."""
+    """For a search trial: report each validation to its pruner; True when it says stop. The
+    last validation is reported too, but a trial that has trained all its epochs completes."""
     if not claim.search:
         return None
     metric = claim.plan.metric
-    return lambda validated: metric in validated.metrics and book.report(claim, validated.epoch,
-                                                                         validated.metrics[metric])
+
+    def stop(validated: Validated) -> bool:
+        if metric not in validated.metrics:
+            return False
+        prune = book.report(claim, validated.epoch, validated.metrics[metric])
+        return prune and validated.epoch < validated.epochs
+
+    return stop
 
 
 def _run_process(address: TrialAddress, log: Path, on_epoch: Callable[[EpochEnd], None],

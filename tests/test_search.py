@@ -87,12 +87,12 @@ def test_each_norm_is_tuned_then_its_finals_run_the_best_setting(tmp_path: Path)
 
 
 def test_the_median_pruner_stops_trials_and_records_them_as_pruned(tmp_path: Path) -> None:
-    suite, work = search_suite(tmp_path, trials=5, pruner="median", epochs=4), tmp_path / "work"
+    suite, work = search_suite(tmp_path, trials=8, pruner="median", epochs=4), tmp_path / "work"
     work.mkdir()
     result = run_cli("run", str(suite), "--quiet", cwd=work)
     assert result.returncode == 0, result.stderr
     found = studies(sqlite(work))
-    assert_searched_then_finals(found, 5)
+    assert_searched_then_finals(found, 8)
     pruned = [t for name, ts in found.items() if name.endswith("/search") for t in ts
               if t.state == TrialState.PRUNED]
     assert pruned, "no trial was pruned"

@@ -113,7 +113,7 @@ class TrialHook(Hook):
         for name, value in values.items():
             self.curves.setdefault(f"val_{name}", []).append(value)
         self.validated_epoch = runner.epoch
-        self.on_epoch(Validated(runner.epoch, values))
+        self.on_epoch(Validated(runner.epoch, runner.max_epochs, values))
 
     def state_dict(self) -> dict[str, Any]:
         """The records a resumed trial continues: curves, samples and training time so far."""
