@@ -134,3 +134,17 @@ def test_a_resume_point_survives_a_kill_while_checkpoints_are_written(tmp_path: 
     assert resume_point(work) is None
     again = run_trial(replace(toy_request(tmp_path, name="trial", epochs=3), resume=True))
     assert again.resumed_from_epoch == 0 and "trained again from epoch 0" in again.restarted
+
+
+def test_a_checkpoint_a_kill_left_behind_is_removed_at_the_next_save(tmp_path: Path) -> None:
+    """Killed between renaming the new checkpoint and removing the old, a trial keeps both; the
+    next checkpoint it writes leaves only itself."""
+    from test_engine_options import toy_request
+
+    from harness.engine import run_trial
+
+    work = tmp_path / "trial"
+    run_trial(toy_request(tmp_path, name="trial", epochs=2))
+    (work / "epoch_1.pth").write_bytes((work / "epoch_2.pth").read_bytes())  # left behind by a kill
+    run_trial(replace(toy_request(tmp_path, name="trial", epochs=3), resume=True))
+    assert sorted(p.name for p in work.glob("epoch_*")) == ["epoch_3.pth"]

@@ -228,15 +228,18 @@ class AtomicCheckpointHook(CheckpointHook):
         runner.save_checkpoint(self.out_dir, filename + ".tmp", self.file_client_args,
                                save_optimizer=self.save_optimizer, save_param_scheduler=self.save_param_scheduler,
                                meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
-        outdated = []
         if not self.keep_ckpt_ids or self.keep_ckpt_ids[-1] != step:
             if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
-                outdated.append(self.keep_ckpt_ids.popleft())
+                self.keep_ckpt_ids.popleft()
             self.keep_ckpt_ids.append(step)
             runner.message_hub.update_info("keep_ckpt_ids", list(self.keep_ckpt_ids))
         if not is_main_process():
             return
         Path(self.last_ckpt + ".tmp").replace(self.last_ckpt)
         write_text(Path(runner.work_dir) / "last_checkpoint", self.last_ckpt)
-        for old in outdated:
-            Path(self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))).unlink(missing_ok=True)
+        # Every other checkpoint, including one a kill left behind before it could be removed.
+        out_dir = Path(self.out_dir)
+        kept = {out_dir / self.filename_tmpl.format(k) for k in self.keep_ckpt_ids}
+        for found in out_dir.glob(self.filename_tmpl.format("*")):
+            if found not in kept:
+                found.unlink(missing_ok=True)
