@@ -14,11 +14,11 @@ import itertools
 import random
 from typing import Any
 
-import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from .seeds import derived_seed
 from .suite import SearchSection
 
 
@@ -27,7 +27,7 @@ def sampler(search: SearchSection, space: dict[str, BaseDistribution], trial_num
     """The suite's sampler for one trial. Seeded from (search seed, trial number): workers that
     sample at once draw different points, and a search repeats as a whole; what TPE and CMA-ES
     learn lives in the storage, not in the sampler object."""
-    seed = int(np.random.SeedSequence((search.seed, trial_number)).generate_state(1)[0])
+    seed = derived_seed(search.seed, trial_number)
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if search.sampler == "grid":  # the points are fixed on the slots (grid_points); nothing to sample

@@ -23,6 +23,7 @@ from mmengine.runner import Runner
 from ..atomic import write_text
 from ..events import EpochEnd, TrialEvent, Validated
 from ..protocol import NormProtocol
+from ..seeds import derived_seed
 from .model import TaskModel
 
 # mmengine's logger writes every LOG_INTERVAL iterations; the harness reads the losses from the
@@ -159,9 +160,8 @@ def _batch_size(batch: Any) -> int:
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of a trial's epoch: distinct for every (seed, epoch) pair (``seed + epoch`` would
-    give seed 0's second epoch the randomness of seed 1's first), and within numpy's 32 bits."""
-    return int(np.random.SeedSequence((seed, epoch)).generate_state(1)[0])
+    """The seed of a trial's epoch."""
+    return derived_seed(seed, epoch)
 
 
 class EpochSeedHook(Hook):
