@@ -9,6 +9,7 @@ would run in each worker with a copy of its state).
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -45,7 +46,7 @@ def collate_with_extra(items: list[tuple[Any, Any, bool]]) -> tuple[torch.Tensor
     return inputs, targets, default_collate(extra) if extra else inputs[:0]
 
 
-class ExtraInputsBatchSampler(Sampler[list[int]]):
+class ExtraInputsBatchSampler(Sampler[list[int]], abc.ABC):
     """Shuffled labeled batches (the last, short one dropped where the set holds more than one
     batch), each followed by the extra indices that :meth:`extra` picks for it, offset by the
     labeled set's size. ``sampler`` orders the labeled items, as in torch's ``BatchSampler``
@@ -75,6 +76,6 @@ class ExtraInputsBatchSampler(Sampler[list[int]]):
     def start_epoch(self) -> None:
         """Called as each pass over the labeled set begins."""
 
+    @abc.abstractmethod
     def extra(self, batch: list[int]) -> list[int]:
         """Indices into the extra inputs for this batch of labeled indices."""
-        raise NotImplementedError
