@@ -7,6 +7,7 @@ old trials into the leaderboard, while re-running an unchanged suite finds its f
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -48,8 +49,10 @@ class StudyPlan:
         """The name of the study that tunes this comparison (its finals are in :attr:`name`)."""
         return f"{self.name}/search"
 
+    @functools.cached_property
     def space(self) -> Any:
-        """The search space of this comparison (:class:`harness.space.Space`)."""
+        """The search space of this comparison (:class:`harness.space.Space`), resolved once:
+        workers read it at every claim and every poll."""
         from .space import resolve_space
 
         assert self.search is not None
@@ -63,7 +66,7 @@ class StudyPlan:
 
         task, norm = self.variant.config, self.norm.config
         if params:
-            task, norm = self.space().configs(params, task, norm)
+            task, norm = self.space.configs(params, task, norm)
         if search and self.search is not None and self.search.epochs is not None:
             task = with_values(task, {"epochs": self.search.epochs})
         return task, norm

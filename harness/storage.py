@@ -186,7 +186,7 @@ class TrialBook:
                 search = self.search_study(plan)
                 self._fail_dead(search)
                 slots = range(plan.search.trials)
-                grid = grid_points(plan.search, plan.space().distributions) if plan.search.sampler == "grid" else None
+                grid = grid_points(plan.search, plan.space.distributions) if plan.search.sampler == "grid" else None
                 if not self._enqueue_missing(search, SLOT, slots, retry_failed, resumable=False, fixed=grid):
                     continue  # the search is under way: its finals wait for it
                 found = best_params(search)
@@ -257,7 +257,7 @@ class TrialBook:
                 ) -> tuple[optuna.Trial, dict[str, Any]]:
         from .search import sampler, suggest
 
-        space = plan.space().distributions
+        space = plan.space.distributions
         study.sampler = sampler(plan.search, space, number)
         handle = optuna.trial.Trial(study, trial_id)
         return handle, suggest(handle, space)
