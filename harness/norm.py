@@ -60,6 +60,11 @@ class NormConfig(BaseModel):
         super().__pydantic_init_subclass__(**kwargs)
         cls.protocol_only = frozenset().union(*(vars(k).get("protocol_only", ()) for k in cls.__mro__))
 
+    def needs(self) -> frozenset[str]:
+        """Capabilities this configuration needs beyond the norm's own ``needs`` (e.g. those of
+        the base normalization it chose)."""
+        return frozenset()
+
     def layer_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of the layer factory."""
         return {name: value for name, value in self if name not in self.protocol_only}

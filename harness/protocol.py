@@ -20,11 +20,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .capabilities import CLASS_SCORES, INPUT_BATCHES, LABELS, UNLABELED  # noqa: F401 - re-exported
 from .task import Splits, TaskConfig
-
-#: Capabilities a task may provide and a norm may need.
-LABELS = "labels"  # a class label per training sample (class-balanced batches, balanced evaluation)
-UNLABELED = "unlabeled"  # a stream of unlabeled inputs beside the labeled training set
 
 
 class InputDataset(Dataset):

@@ -25,9 +25,10 @@ from mmengine.optim import build_optim_wrapper
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from .capabilities import CLASS_SCORES, INPUT_BATCHES, LABELS, UNLABELED
 from .engine import TaskModel, build_model, optim_wrapper_cfg
 from .norm import Norm, resolve
-from .protocol import LABELS, UNLABELED, NormProtocol, TrialContext
+from .protocol import NormProtocol, TrialContext
 from .task import OptimizerConfig, Splits, Task, TaskConfig
 
 FEATURES = 8
@@ -52,7 +53,8 @@ class _Classifier:
         return F.cross_entropy(outputs, targets)
 
 
-BENCH_TASK = Task(name="conformance", make=_Classifier, provides={LABELS, UNLABELED})
+BENCH_TASK = Task(name="conformance", make=_Classifier,
+                  provides={LABELS, UNLABELED, INPUT_BATCHES, CLASS_SCORES})
 
 
 @dataclass

@@ -100,7 +100,9 @@ def _ctx(net: nn.Module, train: object, test: object, config: ToyConfig, unlabel
 def test_registration_names_needs_and_configs() -> None:
     norms = _registered()
     assert set(norms) == {"unsupervised_bn", "balanced_bn", "batch_renorm", "mc_batchnorm", "switchable_norm"}
-    assert norms["unsupervised_bn"].needs == {"unlabeled"} and norms["balanced_bn"].needs == {"labels"}
+    assert norms["unsupervised_bn"].needs == {"unlabeled", "input_batches"}
+    assert norms["balanced_bn"].needs == {"labels", "input_batches"}
+    assert norms["mc_batchnorm"].needs == {"input_batches", "class_scores"}
     assert norms["switchable_norm"].dims == {"2d"}
     for norm in norms.values():
         assert norm.summary and norm.citation

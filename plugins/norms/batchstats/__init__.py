@@ -15,6 +15,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from harness import Norm, Search, hookimpl
+from harness.capabilities import CLASS_SCORES, INPUT_BATCHES, LABELS, UNLABELED
 from harness_plugins.common.params import RunningStatsConfig
 
 _PKG = "harness_plugins.norms.batchstats"
@@ -82,7 +83,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             citation="Kocyigit, Sevilla-Lara, Hospedales & Bilen, Unsupervised Batch Normalization, "
             "CVPR Workshops 2020",
             dims={"1d", "2d"},
-            needs={"unlabeled"},
+            needs={UNLABELED, INPUT_BATCHES},  # unlabeled inputs join the labeled batch
             protocol=f"{_PKG}.ubn:protocol",
             reference=_BN_REFERENCE,  # UBN with an empty unlabeled batch is BN
         )
@@ -97,7 +98,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             citation="Hajaj & Gillies, Batch Normalization and the impact of batch structure on the "
             "behavior of deep convolution networks, arXiv preprint, 2021",
             dims={"1d", "2d"},
-            needs={"labels"},
+            needs={LABELS, INPUT_BATCHES},  # batches composed by label; test batches extended
             protocol=f"{_PKG}.balanced:protocol",
             reference=_BN_REFERENCE,
         )
@@ -124,6 +125,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             citation="Teye, Azizpour & Smith, Bayesian Uncertainty Estimation for Batch Normalized Deep "
             "Networks, ICML 2018",
             dims={"1d", "2d"},
+            needs={INPUT_BATCHES, CLASS_SCORES},  # training-batch statistics drawn, softmax averaged
             protocol=f"{_PKG}.mc:protocol",
             reference=_BN_REFERENCE,
         )

@@ -14,6 +14,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from harness import Norm, NormConfig, Search, hookimpl
+from harness.capabilities import CLASS_SCORES, INPUT_BATCHES
 from harness_plugins.common.params import EpsConfig, ProjectionConfig, RunningStatsConfig
 
 _LAYERS = "harness_plugins.norms.bayesian.layers"
@@ -73,6 +74,10 @@ class BayesianScaleConfig(RunningStatsConfig, ProjectionConfig, InitBatchConfig)
         [10, 30], min_length=1, description="T of each Monte-Carlo evaluation (reported as mcT/<metric>)"
     )
 
+    def needs(self) -> frozenset[str]:
+        """A deterministic base draws training input batches (init, input moments); BN's does not."""
+        return frozenset() if self.base == "batchnorm" else frozenset({INPUT_BATCHES})
+
 
 class NormBatchConfig(RunningStatsConfig):
     """``normbatch_bn``: BN's momentum and eps, and the extra samples of each normalization batch."""
@@ -94,6 +99,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             citation="Salimans & Kingma, Weight Normalization, NIPS 2016; as used in " + CITATION,
             config=WeightNormConfig,
             dims=_DIMS,
+            needs={INPUT_BATCHES},  # the data-dependent init runs on a batch of training inputs
             protocol=f"{_PROTOCOLS}:weightnorm_protocol",
         )
     )
@@ -106,6 +112,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             "Propagation, CVWW 2018; as used in " + CITATION,
             config=AnalyticNormConfig,
             dims=_DIMS,
+            needs={INPUT_BATCHES},  # the dataset's input moments, propagated through the network
             protocol=f"{_PROTOCOLS}:analytic_norm_protocol",
         )
     )
@@ -117,6 +124,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             citation=CITATION,
             config=BNNoiseConfig,
             dims=_DIMS,
+            needs={INPUT_BATCHES},  # both deterministic bases do
             protocol=f"{_PROTOCOLS}:bn_noise_protocol",
         )
     )
@@ -129,6 +137,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             citation=CITATION,
             config=BayesianScaleConfig,
             dims=_DIMS,
+            needs={CLASS_SCORES},  # the MC evaluations average softmax outputs; the base may need more
             protocol=f"{_PROTOCOLS}:bayesian_scale_protocol",
         )
     )
@@ -140,6 +149,7 @@ def harness_register_norms(register: Callable[[Norm], None]) -> None:
             citation=CITATION,
             config=NormBatchConfig,
             dims=_DIMS,
+            needs={INPUT_BATCHES},  # extra training inputs join each batch
             protocol=f"{_PROTOCOLS}:normbatch_protocol",
             reference="harness_plugins.norms.baselines:BatchNorm",
         )

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from harness import Task, TaskConfig, hookimpl
+from harness.capabilities import CLASS_SCORES, INPUT_BATCHES, LABELS
 from harness.errors import did_you_mean
 
 Dataset = Literal["imagenet", "cifar10", "cifar100", "digits"]
@@ -246,6 +247,6 @@ def harness_register_tasks(register: Callable[[Task], None]) -> None:
             summary="image classification with timm models: ImageNet (ImageFolder), CIFAR-10/100 (binary), "
             "sklearn digits",
             metrics={"top1": "max", "top5": "max", "nll": "min", "ece": "min"},
-            provides=frozenset({"labels"}),
+            provides=frozenset({LABELS, INPUT_BATCHES, CLASS_SCORES}),
         )
     )

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from harness import Task, TaskConfig, hookimpl
+from harness.capabilities import CLASS_SCORES, INPUT_BATCHES, LABELS
 
 
 class ToyConfig(TaskConfig):
@@ -76,6 +77,6 @@ def harness_register_tasks(register: Callable[[Task], None]) -> None:
             summary="spiral MLP (TensorFlow playground) or sklearn 8x8 digits CNN; trains in seconds on CPU",
             metrics={"accuracy": "max", "nll": "min"},
             # always class labels; "unlabeled" depends on the configuration (ToyConfig.capabilities)
-            provides=frozenset({"labels"}),
+            provides=frozenset({LABELS, INPUT_BATCHES, CLASS_SCORES}),
         )
     )
