@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 # -- commands ----------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     registry = _registry()
@@ -122,7 +123,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         table.add_column("metrics", style="dim")
         for name, task in sorted(registry.tasks.items()):
-            table.add_row(name, task.summary, ", ".join(f"{m} ({d})" for m, d in task.metrics.items()))
+            unavailable = task.unavailable()
+            summary = escape(task.summary) + (f"\n[red]unavailable: {escape(unavailable)}[/red]" if unavailable else "")
+            table.add_row(name, summary, ", ".join(f"{m} ({d})" for m, d in task.metrics.items()))
     Console().print(table)
     _warn_failed(registry)
     return 0

@@ -9,7 +9,8 @@ uses (:func:`harness.engine.build_net` and :func:`~harness.engine.build_model`: 
 with the norm in it, the norm's protocol set up on a :class:`~harness.protocol.TrialContext`, the
 protocol's training loader and forward, the task's loss and the protocol's extra loss, backward,
 the optimizer step and the protocol's after-step hook). The data set is not read: the task's
-``example_batch`` makes the inputs, and the protocol's splits are small TensorDatasets of them.
+``example_batch`` makes the inputs (``example_samples`` for a task with its own ``collate``), and
+the protocol's splits are small data sets of them.
 
 A pair that fails is refused with the layer it failed in (module path and type) and the reason.
 The check is seeded, restores the global random state afterwards, and never touches CUDA: it runs
@@ -214,7 +215,7 @@ def _check(task: Task, config: TaskConfig, norm: Norm, norm_config: NormConfig, 
         return layer
 
     try:
-        net = engine.build_net(impl, config, tracked)
+        net, _ = engine.build_net(impl, config, tracked)
     except Exception as exc:  # noqa: BLE001 - any failure refuses the pair
         where = f"a {norm.name} layer of {making[-1]} features" if making else ""
         result.failure = Failure("building the model", where, _reason(exc))
@@ -222,7 +223,7 @@ def _check(task: Task, config: TaskConfig, norm: Norm, norm_config: NormConfig, 
     names = {id(m): name for name, m in net.named_modules()}
     norm_ids = {id(m) for m in layers}
     try:
-        model = engine.build_model(task, config, norm, norm_config, impl, net, splits, seed)
+        model = engine.build_model(task, config, norm, norm_config, impl, net, splits, seed, norm_layers=layers)
     except Exception as exc:  # noqa: BLE001
         result.failure = Failure(f"the norm's protocol setup ({_protocol_name(norm, norm_config)})", "", _reason(exc))
         return result
@@ -236,7 +237,8 @@ def _check(task: Task, config: TaskConfig, norm: Norm, norm_config: NormConfig, 
         protocol = model.protocol
         protocol.before_train_epoch(net, 0)
         loader = protocol.train_loader(model.ctx, batch) or DataLoader(
-            splits.train, batch_size=batch, shuffle=True, generator=model.ctx.generator)
+            splits.train, batch_size=batch, shuffle=True, generator=model.ctx.generator,
+            collate_fn=getattr(impl, "collate", None))
         data = next(iter(loader))
         with _quiet_mmengine():
             wrapper = build_optim_wrapper(model, engine.optim_wrapper_cfg(config, model, "cpu"))
@@ -293,7 +295,13 @@ def _check(task: Task, config: TaskConfig, norm: Norm, norm_config: NormConfig, 
 
 def _splits(task: Task, config: TaskConfig, impl: Any, batch: int, generator: torch.Generator) -> Splits:
     """Small splits of random samples in the real shape (what a protocol's setup reads: input
-    statistics, labels, an unlabeled split); real samples for a task without ``example_batch``."""
+    statistics, labels, an unlabeled split): the task's ``example_samples`` (lists of samples its
+    ``collate`` batches) or ``example_batch`` (stacked); real samples for a task with neither."""
+    if hasattr(impl, "example_samples"):  # samples the task's own collate batches (detection)
+        def samples(n: int) -> list[Any]:
+            return impl.example_samples(n, generator)
+
+        return Splits(train=samples(max(TRAIN_SAMPLES, 2 * batch)), test=samples(batch), val=samples(batch))
     make: Callable[[int], tuple[Any, Any]]
     if hasattr(impl, "example_batch"):
         def make(n: int) -> tuple[Any, Any]:

@@ -6,6 +6,7 @@ only inside a trial and follows :class:`TaskImpl`.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +37,15 @@ class ScheduleConfig(BaseModel):
     milestones: list[Annotated[int, Field(ge=0)]] = []
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: int = Field(0, ge=0)
+    warmup_iters: int = Field(0, ge=0, description="a linear warm-up over this many iterations from 0.001 × lr "
+                              "(mmdet's 1x schedule: 500), instead of warmup_epochs")
 
     @model_validator(mode="after")
     def _milestones_need_multistep(self) -> ScheduleConfig:
         if self.milestones and self.name != "multistep":
             raise ValueError("milestones are only used by name = 'multistep'")
+        if self.warmup_epochs and self.warmup_iters:
+            raise ValueError("set warmup_epochs or warmup_iters, not both")
         return self
 
 
@@ -57,7 +62,7 @@ class TaskConfig(BaseModel):
     #: check builds variants that differ only in these once. A task adds its own such keys.
     training_keys: ClassVar[frozenset[str]] = frozenset({
         "epochs", "batch_size", "optimizer", "schedule", "val_interval", "checkpoint_interval", "num_workers",
-        "devices", "amp", "deterministic", "compile"})
+        "devices", "amp", "deterministic", "compile", "norm_decay_mult"})
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -74,6 +79,9 @@ class TaskConfig(BaseModel):
                                 "algorithms, cuDNN deterministic, cuBLAS workspace) and loader workers restarted "
                                 "each epoch, so a resumed trial repeats an uninterrupted one; false: "
                                 "cudnn.benchmark and persistent workers, as timm and mmdet train")
+    norm_decay_mult: float = Field(1.0, ge=0, description="weight decay multiplier of every norm layer's "
+                                   "parameters, plugin norms' included (mmdet's norm_decay_mult; 0 in its "
+                                   "from-scratch configs)")
     num_workers: int = Field(0, ge=0, description="data-loading worker processes")
     devices: int = Field(1, ge=1, description="processes per trial, one per GPU, started with torchrun "
                          "(DDP; gloo on CPU); batch_size is per device")
@@ -147,7 +155,11 @@ class Task:
 
     ``make(config, data_root, seed)`` returns an object following :class:`TaskImpl`.
     ``metrics`` maps each metric name to ``"max"`` or ``"min"``. ``provides`` lists the
-    capabilities norms may need (``"labels"`` for class-balanced batches, ``"unlabeled"``).
+    capabilities norms may need (:mod:`harness.protocol`: ``"labels"`` for class-balanced
+    batches, ``"unlabeled"``, ``"input_batches"``, ``"class_scores"``). ``requires`` names the
+    modules the run-time side imports beyond the harness's own dependencies, and ``install`` the
+    command that installs them: without them the task is listed as unavailable and a suite
+    using it is refused with that command, while everything else works.
     """
 
     name: str
@@ -156,6 +168,8 @@ class Task:
     summary: str = ""
     metrics: Mapping[str, Literal["max", "min"]] = field(default_factory=dict)
     provides: frozenset[str] = frozenset()
+    requires: tuple[str, ...] = ()
+    install: str = ""
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -166,6 +180,15 @@ class Task:
 
     def factory(self) -> Callable[..., Any]:
         return resolve(self.make)
+
+    def unavailable(self) -> str | None:
+        """Why the task cannot run here (a required module is not installed), or None. Looks the
+        modules up without importing them, so listing and checking stay fast."""
+        missing = [name for name in self.requires if importlib.util.find_spec(name) is None]
+        if not missing:
+            return None
+        how = f"; install it with `{self.install}`" if self.install else ""
+        return f"needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed{how}"
 
 
 @dataclass
@@ -196,6 +219,18 @@ class TaskImpl(Protocol):
 
     def reduce(self, stats: Sequence[Mapping[str, float]]) -> Mapping[str, float]:
         """Metrics from the statistics of all evaluation batches."""
+
+    # Optional, for tasks whose networks are not ``outputs = net(inputs)`` with a separate loss
+    # (detection: the heads match anchors to the ground truth inside the forward pass):
+    #   collate(samples) -> batch                    how loaders batch samples (default torch's)
+    #   data_preprocessor() -> BaseDataPreprocessor  moves, pads and normalizes a batch on the
+    #                                                device; its output is ``(inputs, targets)``
+    #   losses(net, inputs, targets) -> {name: loss} the training losses, in place of loss()
+    #   predict(net, inputs, targets) -> outputs     what batch_stats() scores, in place of net(inputs)
+    #   example_samples(size, generator) -> [sample] the pre-flight check's random samples, which
+    #                                                collate() batches, in place of example_batch()
+    # Such a task does not provide "input_batches": norms that change the training forward or
+    # sample inputs of their own are refused for it at `harness check`.
 
     def example_batch(self, size: int, generator: Any) -> tuple[Any, Any]:
         """Optional: ``(inputs, targets)`` of ``size`` samples in the configuration's real input

@@ -125,6 +125,50 @@ def test_amp_dtype_reaches_mmengines_wrapper(monkeypatch: pytest.MonkeyPatch) ->
     assert type(wrapper("bf16", device="cpu")) is OptimWrapper, "amp is ignored on CPU"
 
 
+class _PlainScale(torch.nn.Module):
+    """A plugin norm that is no torch norm class: mmengine's own norm_decay_mult would miss it."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(num_features))
+        self.bias = torch.nn.Parameter(torch.zeros(num_features))
+
+
+class _Projected(NormProtocol):
+    def __init__(self, weight: torch.nn.Parameter) -> None:
+        self.weight = weight
+
+    def no_weight_decay(self, net: torch.nn.Module) -> list[torch.nn.Parameter]:
+        return [self.weight]
+
+
+@pytest.mark.parametrize("mult", [0.0, 0.5, 1.0])
+def test_norm_decay_mult_applies_to_every_norm_the_factory_built(mult: float) -> None:
+    from mmengine.optim import build_optim_wrapper
+
+    conv, norm, projected = torch.nn.Linear(3, 3), _PlainScale(3), torch.nn.Linear(3, 3)
+    net = torch.nn.Sequential(conv, norm, projected)
+    model = TaskModel(net, None, _Projected(projected.weight), None, norm_layers=[norm])
+    config = TaskConfig(norm_decay_mult=mult, optimizer={"name": "sgd", "lr": 0.1, "weight_decay": 1e-4})
+    groups = build_optim_wrapper(model, optim_wrapper_cfg(config, model, "cpu")).optimizer.param_groups
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert decay[id(norm.weight)] == decay[id(norm.bias)] == pytest.approx(1e-4 * mult)
+    assert decay[id(conv.weight)] == decay[id(projected.bias)] == 1e-4
+    assert decay[id(projected.weight)] == 0.0, "the protocol's no-decay parameters keep none"
+    assert len(decay) == len(list(net.parameters())), "every parameter once"
+
+
+def test_warmup_iters_is_mmdets_linear_warmup() -> None:
+    from harness.engine.optim import scheduler_cfg
+
+    config = TaskConfig(epochs=12, schedule={"name": "multistep", "milestones": [8, 11], "warmup_iters": 500})
+    warmup, step = scheduler_cfg(config)
+    assert warmup == dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=500)
+    assert step["milestones"] == [8, 11]
+    with pytest.raises(ValueError, match="warmup_epochs or warmup_iters"):
+        TaskConfig(schedule={"warmup_epochs": 1, "warmup_iters": 10})
+
+
 # --- determinism ------------------------------------------------------------------------------
 
 def test_configure_determinism_sets_every_switch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -285,8 +329,8 @@ def test_no_wait_for_the_device_per_training_iteration(tmp_path: Path) -> None:
 
 def test_batches_are_pinned_and_copied_without_blocking() -> None:
     dataset = torch.utils.data.TensorDataset(torch.zeros(4, 2), torch.zeros(4))
-    assert _eval_loader(dataset, TaskConfig(batch_size=2), pin_memory=True).pin_memory
-    assert not _eval_loader(dataset, TaskConfig(batch_size=2)).pin_memory
+    assert _eval_loader(dataset, TaskConfig(batch_size=2), object(), pin_memory=True).pin_memory
+    assert not _eval_loader(dataset, TaskConfig(batch_size=2), object()).pin_memory
     own = torch.utils.data.DataLoader(dataset, batch_size=2)  # a norm protocol's own loader
     _pin(own, False)
     assert not own.pin_memory

@@ -23,10 +23,17 @@ class TaskModel(BaseModel):
     protocol at the points it may change: the training forward (and extra loss), the work
     after each optimizer step, and the prediction of an evaluation protocol."""
 
-    def __init__(self, net: torch.nn.Module, impl: TaskImpl, protocol: NormProtocol, ctx: TrialContext) -> None:
-        # Batches go to the device without blocking the host (from page-locked memory on CUDA).
-        super().__init__(data_preprocessor=BaseDataPreprocessor(non_blocking=True))
+    def __init__(self, net: torch.nn.Module, impl: TaskImpl, protocol: NormProtocol, ctx: TrialContext,
+                 norm_layers: Sequence[torch.nn.Module] = ()) -> None:
+        # Batches go to the device without blocking the host (from page-locked memory on CUDA);
+        # a task may pad and normalize them there too (its own preprocessor).
+        make_preprocessor = getattr(impl, "data_preprocessor", None)
+        super().__init__(data_preprocessor=make_preprocessor() if make_preprocessor
+                         else BaseDataPreprocessor(non_blocking=True))
         self.net = net
+        # The modules the norm's factory built, whatever their class: the optimizer's norm rules
+        # apply to these (mmengine's recognise torch's own norm classes only).
+        self.norm_layers = list(norm_layers)
         self.impl = impl
         self.protocol = protocol
         self.ctx = ctx
@@ -69,17 +76,24 @@ class TaskModel(BaseModel):
         self.step_losses = {name: value.detach() for name, value in log_vars.items()}
         return loss, {}
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, extra: Any = None, mode: str = "tensor") -> Any:
+    def forward(self, inputs: torch.Tensor, targets: Any, extra: Any = None, mode: str = "tensor") -> Any:
         if self.ctx.config.channels_last and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         if mode == "loss":
-            outputs = self.protocol.train_forward(self.net, inputs, extra)
-            losses = {"loss": self.impl.loss(outputs, targets)}
+            task_losses = getattr(self.impl, "losses", None)
+            if task_losses is not None:  # the loss comes out of the network's own forward (detectors)
+                losses = dict(task_losses(self.net, inputs, targets))
+            else:
+                losses = {"loss": self.impl.loss(self.protocol.train_forward(self.net, inputs, extra), targets)}
             extra_loss = self.protocol.extra_loss(self.net, self.ctx)
             if extra_loss is not None:
                 losses["loss_norm"] = extra_loss
             return losses
-        outputs = self.evaluation.predict(self.net, inputs) if self.evaluation else self.net(inputs)
+        predict = getattr(self.impl, "predict", None)
+        if self.evaluation:
+            outputs = self.evaluation.predict(self.net, inputs)
+        else:
+            outputs = predict(self.net, inputs, targets) if predict else self.net(inputs)
         if mode == "predict":
             if self.per_sample:
                 return [self.impl.batch_stats(outputs[i:i + 1], targets[i:i + 1]) for i in range(len(targets))]
@@ -138,17 +152,26 @@ def to_host(results: list[Any]) -> list[Any]:
     return out
 
 
-def build_net(impl: TaskImpl, config: TaskConfig, norm_layer: Callable[..., Any]) -> torch.nn.Module:
-    """The task's network with ``norm_layer`` as its norm, in the configured memory format. Shared
-    by :func:`~harness.engine.run_trial` and the pre-flight check (:mod:`harness.preflight`)."""
-    net = impl.model(norm_layer)
+def build_net(impl: TaskImpl, config: TaskConfig, norm_layer: Callable[..., Any],
+              ) -> tuple[torch.nn.Module, list[torch.nn.Module]]:
+    """The task's network with ``norm_layer`` as its norm, in the configured memory format, and
+    the norm layers it built. Shared by :func:`~harness.engine.run_trial` and the pre-flight
+    check (:mod:`harness.preflight`)."""
+    built: list[torch.nn.Module] = []
+
+    def tracked(num_features: int, *args: Any, **kwargs: Any) -> torch.nn.Module:
+        built.append(norm_layer(num_features, *args, **kwargs))
+        return built[-1]
+
+    net = impl.model(tracked)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    return net
+    return net, built
 
 
 def build_model(task: Task, config: TaskConfig, norm: Norm, norm_config: NormConfig, impl: TaskImpl,
-                net: torch.nn.Module, splits: Any, seed: int, world: int = 1, rank: int = 0) -> TaskModel:
+                net: torch.nn.Module, splits: Any, seed: int, world: int = 1, rank: int = 0,
+                norm_layers: Sequence[torch.nn.Module] = ()) -> TaskModel:
     """The norm's protocol set up on the trial's context, and the network, the task and the
     protocol in mmengine's model interface. Shared by :func:`~harness.engine.run_trial`, the
     pre-flight check and the conformance kit."""
@@ -156,6 +179,6 @@ def build_model(task: Task, config: TaskConfig, norm: Norm, norm_config: NormCon
     ctx = TrialContext(net=net, splits=splits, config=config, seed=seed, provides=task.provides | config.capabilities(),
                        generator=torch.Generator().manual_seed(seed), world=world, rank=rank)
     protocol.setup(ctx)
-    model = TaskModel(net, impl, protocol, ctx)
+    model = TaskModel(net, impl, protocol, ctx, norm_layers)
     model.per_sample = world > 1
     return model

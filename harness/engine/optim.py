@@ -14,8 +14,8 @@ from .model import TaskModel
 
 def optim_wrapper_cfg(config: TaskConfig, model: TaskModel, device: str) -> dict[str, Any]:
     """mmengine's ``optim_wrapper`` for the suite's optimizer over the model's parameters; the
-    parameters the norm's protocol names (``no_weight_decay``) get no weight decay
-    (:class:`ProtocolDecayConstructor`).
+    norm layers' parameters get ``norm_decay_mult`` times the weight decay, and the parameters
+    the norm's protocol names (``no_weight_decay``) none (:class:`NormDecayConstructor`).
 
     Mixed precision where asked, on CUDA (on CPU ``amp`` is ignored: CPU autocast is slower
     than float32 on most CPUs, and the harness's CPU runs are its reference). bf16 keeps
@@ -35,24 +35,35 @@ def optim_wrapper_cfg(config: TaskConfig, model: TaskModel, device: str) -> dict
         cfg.update(type="AmpOptimWrapper", dtype=dtype)
         if dtype == "bfloat16":
             cfg["loss_scale"] = dict(enabled=False)
-    if model.protocol.no_weight_decay(model.net):
-        cfg.update(constructor="ProtocolDecayConstructor", paramwise_cfg=dict(protocol_no_decay=True))
+    norm_decay = config.norm_decay_mult != 1.0 and opt.weight_decay > 0
+    if norm_decay or model.protocol.no_weight_decay(model.net):
+        cfg.update(constructor="NormDecayConstructor", paramwise_cfg=dict(norm_decay_mult=config.norm_decay_mult))
     return cfg
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
-class ProtocolDecayConstructor(DefaultOptimWrapperConstructor):
-    """mmengine's constructor with two parameter groups: the parameters the norm's protocol
-    names (``no_weight_decay``, e.g. weights projected to unit norm) without weight decay, and
-    all the others. mmengine's ``custom_keys`` would match names by substring and make a group
+class NormDecayConstructor(DefaultOptimWrapperConstructor):
+    """mmengine's constructor with up to three parameter groups: the norm layers' parameters with
+    ``norm_decay_mult`` times the weight decay, the parameters the norm's protocol names
+    (``no_weight_decay``, e.g. weights projected to unit norm) without any, and all the others.
+
+    The norm layers are the modules the norm's factory built (:attr:`TaskModel.norm_layers`):
+    mmengine's own ``norm_decay_mult`` recognises torch's norm classes only, so a plugin norm
+    would keep its decay where BN loses it. Name-matching ``custom_keys`` would also make a group
     per parameter, and a GPU's multi-tensor optimizer step runs once per group."""
 
     def add_params(self, params: list[dict[str, Any]], module: TaskModel, prefix: str = "",
                    is_dcn_module: Any = None) -> None:
         skip = {id(p) for p in module.protocol.no_weight_decay(module.net)}
+        in_norms = {id(p) for layer in module.norm_layers for p in layer.parameters()} - skip
         trained = [p for p in module.parameters() if p.requires_grad]
-        params.append({"params": [p for p in trained if id(p) not in skip]})
-        params.append({"params": [p for p in trained if id(p) in skip], "weight_decay": 0.0})
+        norm_decay = (self.base_wd or 0.0) * self.paramwise_cfg.get("norm_decay_mult", 1.0)
+        grouped = skip | in_norms
+        params.append({"params": [p for p in trained if id(p) not in grouped]})
+        for ids, decay in ((in_norms, norm_decay), (skip, 0.0)):
+            chosen = [p for p in trained if id(p) in ids]
+            if chosen:
+                params.append({"params": chosen, "weight_decay": decay})
 
 
 def scheduler_cfg(config: TaskConfig) -> list[dict[str, Any]]:
@@ -60,6 +71,8 @@ def scheduler_cfg(config: TaskConfig) -> list[dict[str, Any]]:
     s, epochs = config.schedule, config.epochs
     warm = min(s.warmup_epochs, epochs)
     schedulers: list[dict[str, Any]] = []
+    if s.warmup_iters:
+        schedulers.append(dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=s.warmup_iters))
     if warm:
         schedulers.append(dict(type="LinearLR", start_factor=1.0 / (warm + 1), by_epoch=True, begin=0,
                                end=warm, convert_to_iter_based=True))

@@ -74,10 +74,10 @@ def run_trial(request: TrialRequest, on_epoch: Callable[[TrialEvent], None] = la
     set_random_seed(request.seed, deterministic=config.deterministic)
     impl: TaskImpl = request.task.factory()(config, request.data_root, request.seed)
     splits = impl.datasets()
-    net = build_net(impl, config, request.norm.layer(request.norm_config))
+    net, norm_layers = build_net(impl, config, request.norm.layer(request.norm_config))
     world, rank = distributed_rank()
     model = build_model(request.task, config, request.norm, request.norm_config, impl, net, splits, request.seed,
-                        world, rank)
+                        world, rank, norm_layers)
     protocol, ctx, generator = model.protocol, model.ctx, model.ctx.generator
     if config.compile:
         # In place, so the module and its state_dict keys stay those of `net`: the protocol's
@@ -89,7 +89,7 @@ def run_trial(request: TrialRequest, on_epoch: Callable[[TrialEvent], None] = la
     train_loader = protocol.train_loader(ctx, config.batch_size) or DataLoader(
         splits.train, batch_size=config.batch_size, generator=generator,
         drop_last=len(splits.train) > config.batch_size * world, num_workers=config.num_workers,
-        persistent_workers=_persistent_workers(config), pin_memory=pin,
+        persistent_workers=_persistent_workers(config), pin_memory=pin, collate_fn=getattr(impl, "collate", None),
         **_sampling(splits.train, world, rank, request.seed))
     _pin(train_loader, pin)
     eval_split = splits.val if splits.val is not None else splits.test
@@ -101,8 +101,8 @@ def run_trial(request: TrialRequest, on_epoch: Callable[[TrialEvent], None] = la
         work_dir=str(request.work_dir),
         experiment_name=f"trial-{os.getpid()}-{time.time_ns()}",
         train_dataloader=train_loader,
-        val_dataloader=_eval_loader(eval_split, config, world, rank, pin),
-        test_dataloader=_eval_loader(splits.test, config, world, rank, pin),
+        val_dataloader=_eval_loader(eval_split, config, impl, world, rank, pin),
+        test_dataloader=_eval_loader(splits.test, config, impl, world, rank, pin),
         train_cfg=dict(by_epoch=True, max_epochs=config.epochs, val_interval=config.val_interval),
         val_cfg=dict(),
         test_cfg=dict(),
@@ -146,8 +146,8 @@ def run_trial(request: TrialRequest, on_epoch: Callable[[TrialEvent], None] = la
     evaluations = {}
     for evaluation in protocol.evaluations(ctx):
         evaluation.prepare(net, ctx)
-        loader = evaluation.loader(ctx, splits.test, config.batch_size) or _eval_loader(splits.test, config, world,
-                                                                                         rank, pin)
+        loader = evaluation.loader(ctx, splits.test, config.batch_size) or _eval_loader(splits.test, config, impl,
+                                                                                         world, rank, pin)
         _pin(loader, pin)
         model.evaluation = evaluation
         try:
@@ -231,15 +231,15 @@ def _pin(loader: Any, pin: bool) -> None:
         loader.pin_memory = True
 
 
-def _eval_loader(dataset: Any, config: TaskConfig, world: int = 1, rank: int = 0, pin_memory: bool = False,
-                 ) -> DataLoader:
+def _eval_loader(dataset: Any, config: TaskConfig, impl: TaskImpl, world: int = 1, rank: int = 0,
+                 pin_memory: bool = False) -> DataLoader:
     sampler = None
     if world > 1:
         from torch.utils.data import DistributedSampler
 
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
     return DataLoader(dataset, batch_size=config.batch_size, shuffle=False, sampler=sampler,
-                      num_workers=config.num_workers, pin_memory=pin_memory)
+                      num_workers=config.num_workers, pin_memory=pin_memory, collate_fn=getattr(impl, "collate", None))
 
 
 def configure_determinism(deterministic: bool) -> None:

@@ -141,6 +141,9 @@ class _Resolver:
         task = self._lookup("task", p.task.use, "task.use", self.registry.tasks)
         if task is None:
             raise UserError(self.found)
+        unavailable = task.unavailable()
+        if unavailable:
+            self.problem("task.use", f"task {task.name!r} {unavailable}")
         variants = self._variants(task)
         norms = self._norms()
         if p.suite.metric not in task.metrics:
@@ -269,7 +272,7 @@ class _Resolver:
                          f"inputs, which task {task.name!r} ({variant.label}) puts norms on; supported: "
                          f"{sorted(spec.norm.dims)}. Add an [[exclude]] entry or choose another norm")
         provided = task.provides | variant.config.capabilities()
-        missing = spec.norm.needs - provided
+        missing = (spec.norm.needs | spec.config.needs()) - provided
         if missing:
             self.problem(where, f"norm {spec.norm.name!r} needs {sorted(missing)}, which task {task.name!r} "
                          f"({variant.label}) does not provide (it provides {sorted(provided) or 'nothing'}); "
