@@ -44,6 +44,13 @@ check norm-cost-step 110 "$PY" benchmarks/norm_cost.py --device "$DEVICE" --mode
     "${cost[@]}"
 [ "$DEVICE" = cuda ] && throughput+=(--amp bf16 --channels-last)  # the harness ignores amp on CPU
 check throughput 90 "$PY" benchmarks/classification_throughput.py --device "$DEVICE" "${throughput[@]}"
+# Faster R-CNN against mmdet's own Runner: needs mmcv built with its CUDA operators
+# (FORCE_CUDA=1 scripts/install_detection.sh), so only with DETECTION=1; its limit is beyond the 10 minutes.
+if [ "${DETECTION:-0}" = 1 ]; then
+    detection=(--images 200 --scale 1333 800)
+    [ "$QUICK" = 1 ] && detection=(--images 8 --rounds 1 --depth 18 --scale 96 96)
+    check detection-throughput 150 "$PY" benchmarks/detection_throughput.py --device "$DEVICE" "${detection[@]}"
+fi
 
 # The first failure the GPU issue found: a CIFAR suite with several workers on GPUs.
 suite="$OUT/gpu-run.toml"
