@@ -9,7 +9,7 @@ rounds after an untimed warm-up of each; training throughput (images/s over the 
 epochs, data loading included, validation and checkpoints not) is timed the same way in both,
 and the medians and their ratio harness / mmdet (target ≥ 0.97) are printed, then one JSON line.
 
-    .venv/bin/python benchmarks/detection_throughput.py [--images 40] [--rounds 3]
+    .venv/bin/python benchmarks/detection_throughput.py [--images 16] [--rounds 3]
     .venv/bin/python benchmarks/detection_throughput.py --device cuda --images 400 --scale 1333 800
 """
 
@@ -30,7 +30,7 @@ TARGET = 0.97
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=40, help="training images (one epoch each run)")
+    parser.add_argument("--images", type=int, default=16, help="training images (one epoch each run)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101])
     parser.add_argument("--scale", type=int, nargs=2, default=[256, 256], help="resize to fit (long, short)")
@@ -49,9 +49,8 @@ def main() -> int:
     from mmengine.hooks import Hook
     from mmengine.registry import HOOKS
     from mmengine.runner import Runner
-    from trial_overhead import quiet_trial
+    from trial_overhead import output_to, quiet_trial
 
-    from harness.engine import TrialRequest, run_trial
     from harness.plugins import load_registry
     from harness_plugins.tasks.detection import DetectionConfig
     from harness_plugins.tasks.detection.models import detector_config, replace_norms
@@ -87,17 +86,13 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="det-bench-"))
     write_shapes_coco(work / "coco", train=args.images, val=max(2, args.batch), size=max(args.scale))
     config = DetectionConfig(depth=args.depth, image_scale=tuple(args.scale), epochs=1, batch_size=args.batch,
-                             num_workers=args.workers, val_fraction=0.0, val_interval=1000,
-                             checkpoint_interval=1000)
-    config = config.model_copy(update={"schedule": config.schedule.model_copy(
-        update={"name": "constant", "milestones": [], "warmup_iters": 0})})
+                             num_workers=args.workers, val_fraction=0.0, val_interval=1000, checkpoint_interval=1000,
+                             schedule={"name": "constant"})
     norm = registry.norms["batchnorm"]
 
     def harness_run(index: int) -> float:
-        request = TrialRequest(task=registry.tasks["detection"], config=config, norm=norm, norm_config=norm.config(),
-                               seed=0, work_dir=work / f"harness-{index}", data_root=work)
-        with quiet_trial():
-            result = run_trial(request)
+        result = quiet_trial(registry.tasks["detection"], config, norm, 0, torch.get_num_threads(),
+                             work / f"harness-{index}", work)
         return result.cost["samples_per_second"]
 
     def mmdet_run(index: int) -> float:
@@ -112,6 +107,7 @@ def main() -> int:
             train_dataloader=dict(
                 batch_size=args.batch, num_workers=args.workers, persistent_workers=args.workers > 0,
                 pin_memory=args.device == "cuda", sampler=dict(type="DefaultSampler", shuffle=True),
+                batch_sampler=dict(type="AspectRatioBatchSampler"),
                 dataset=dict(type="CocoDataset", data_root=str(work / "coco"),
                              ann_file="annotations/instances_train2017.json", data_prefix=dict(img="train2017/"),
                              metainfo=dict(classes=CLASSES), filter_cfg=dict(filter_empty_gt=True, min_size=32),
@@ -129,7 +125,8 @@ def main() -> int:
         )
         EpochTimer.seconds, EpochTimer.samples = 0.0, 0
         del task
-        with quiet_trial():
+        (work / f"mmdet-{index}").mkdir()
+        with output_to(work / f"mmdet-{index}" / "console.log"):
             Runner.from_cfg(Config(cfg)).train()
         return EpochTimer.samples / EpochTimer.seconds
 

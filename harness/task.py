@@ -223,6 +223,8 @@ class TaskImpl(Protocol):
     # Optional, for tasks whose networks are not ``outputs = net(inputs)`` with a separate loss
     # (detection: the heads match anchors to the ground truth inside the forward pass):
     #   collate(samples) -> batch                    how loaders batch samples (default torch's)
+    #   batch_sampler(sampler, batch_size, drop_last) groups the shuffled training order into
+    #                                                batches (default: in order)
     #   data_preprocessor() -> BaseDataPreprocessor  moves, pads and normalizes a batch on the
     #                                                device; its output is ``(inputs, targets)``
     #   losses(net, inputs, targets) -> {name: loss} the training losses, in place of loss()

@@ -16,7 +16,7 @@ from harness.plugins import load_registry
 from harness_plugins.tasks.detection import DetectionConfig
 from harness_plugins.tasks.detection.shapes import CLASSES, write_shapes_coco
 
-from conftest import assert_every_trial_complete, run_cli
+from conftest import REPO, assert_every_trial_complete, run_cli
 
 needs_mmdet = pytest.mark.skipif(importlib.util.find_spec("mmdet") is None,
                                  reason="mmdet is not installed (make setup installs it)")
@@ -49,9 +49,9 @@ optimizer = {{ name = "sgd", lr = 0.02, momentum = 0.9, weight_decay = 1e-4 }}
 
 
 def _suite(directory: Path, *, name: str, model: str, norms: list[str], epochs: int = 1, train: int = 16,
-           val: int = 8) -> Path:
+           val: int = 8, devices: int = 1) -> Path:
     write_shapes_coco(directory / "data" / "shapes", train=train, val=val, size=96)
-    text = DETECTION_SUITE.format(name=name, model=model, epochs=epochs)
+    text = DETECTION_SUITE.format(name=name, model=model, epochs=epochs) + f"devices = {devices}\n"
     text = text.replace('metric = "box_ap"\n', 'metric = "box_ap"\ndata_root = "data"\n')
     text += "".join(f'\n[[norm]]\nuse = "{n}"\n' for n in norms)
     path = directory / f"{name}.toml"
@@ -252,9 +252,19 @@ def DetectionTask_for(root: Path):  # noqa: N802 - reads as the class it builds
 
 
 @needs_mmdet
-@pytest.mark.parametrize(("model", "norm"), [("faster_rcnn", "batchnorm"), ("mask_rcnn", "groupnorm")])
-def test_a_trial_end_to_end_through_the_cli(workdir: Path, model: str, norm: str) -> None:
-    suite = _suite(workdir, name=f"det-{model}", model=model, norms=[norm])
+def test_run_without_coco_stops_with_the_layout(workdir: Path) -> None:
+    result = run_cli("run", str(REPO / "suites" / "coco.toml"), cwd=workdir, env={"HARNESS_DATA": str(workdir)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "task.data_dir" in result.stderr and "annotations/instances_train2017.json" in result.stderr
+    assert not (workdir / "leaderboard").exists() and not (workdir / "runs").exists(), "nothing half-written"
+
+
+@needs_mmdet
+@pytest.mark.parametrize(("model", "norm", "devices"), [("faster_rcnn", "batchnorm", 1), ("mask_rcnn", "groupnorm", 2)])
+def test_a_trial_end_to_end_through_the_cli(workdir: Path, model: str, norm: str, devices: int) -> None:
+    """Faster R-CNN in one process; Mask R-CNN on two (DDP through mmengine's launcher, gloo on
+    CPU, per-device batch statistics)."""
+    suite = _suite(workdir, name=f"det-{model}", model=model, norms=[norm], devices=devices)
     result = run_cli("run", str(suite), "--quiet", cwd=workdir, timeout=900)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert_every_trial_complete(workdir, f"det-{model}", 1)

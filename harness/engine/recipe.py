@@ -87,10 +87,9 @@ def run_trial(request: TrialRequest, on_epoch: Callable[[TrialEvent], None] = la
     pin = device == "cuda"  # page-locked batches, copied to the GPU without blocking (TaskModel)
 
     train_loader = protocol.train_loader(ctx, config.batch_size) or DataLoader(
-        splits.train, batch_size=config.batch_size, generator=generator,
-        drop_last=len(splits.train) > config.batch_size * world, num_workers=config.num_workers,
+        splits.train, generator=generator, num_workers=config.num_workers,
         persistent_workers=_persistent_workers(config), pin_memory=pin, collate_fn=getattr(impl, "collate", None),
-        **_sampling(splits.train, world, rank, request.seed))
+        **_batching(splits.train, config.batch_size, impl, world, rank, request.seed, generator))
     _pin(train_loader, pin)
     eval_split = splits.val if splits.val is not None else splits.test
     if world > 1:
@@ -204,6 +203,22 @@ def _join_process_group(device: str) -> None:
 
     if device == "cpu" and not dist.is_initialized():
         dist.init_process_group(backend="gloo")
+
+
+def _batching(dataset: Any, batch_size: int, impl: TaskImpl, world: int, rank: int, seed: int,
+              generator: torch.Generator) -> dict[str, Any]:
+    """The training loader's batching: shuffled batches (each rank its share), the last one
+    dropped if incomplete; or the task's ``batch_sampler`` over that shuffled order (detection
+    groups images of one orientation, as mmdet does, so batches pad less)."""
+    drop_last = len(dataset) > batch_size * world
+    sampling = _sampling(dataset, world, rank, seed)
+    group = getattr(impl, "batch_sampler", None)
+    if group is None:
+        return {"batch_size": batch_size, "drop_last": drop_last, **sampling}
+    from torch.utils.data import RandomSampler
+
+    sampler = sampling.get("sampler") or RandomSampler(dataset, generator=generator)
+    return {"batch_sampler": group(sampler, batch_size, drop_last)}
 
 
 def _sampling(dataset: Any, world: int, rank: int, seed: int) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from mmdet.datasets import CocoDataset
+from mmdet.datasets import AspectRatioBatchSampler, CocoDataset
 from mmdet.evaluation import CocoMetric
 from mmdet.models.data_preprocessors import DetDataPreprocessor
 from mmdet.structures import DetDataSample
@@ -21,6 +21,7 @@ from mmengine.dataset import pseudo_collate
 from mmengine.registry import DefaultScope
 from mmengine.structures import InstanceData
 from torch import nn
+from torch.utils.data import Sampler
 
 from harness import Splits
 from harness.plugins import disabled_from_env, load_registry
@@ -117,6 +118,13 @@ class DetectionTask:
         self._metrics.append((frozenset(ids), metric))
 
     collate = staticmethod(pseudo_collate)
+
+    def batch_sampler(self, sampler: Sampler, batch_size: int, drop_last: bool) -> AspectRatioBatchSampler:
+        """mmdet's grouping of COCO's training images: landscape with landscape, portrait with
+        portrait, so that a batch pads little, over the harness's shuffled (and sharded) order."""
+        if not hasattr(sampler, "dataset"):  # mmdet reads image sizes through it; torch's RandomSampler
+            sampler.dataset = sampler.data_source  # calls it data_source
+        return AspectRatioBatchSampler(sampler, batch_size, drop_last)
 
     def data_preprocessor(self) -> PairPreprocessor:
         cfg = dict(self._model_config.data_preprocessor)
