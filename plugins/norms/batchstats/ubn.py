@@ -108,8 +108,9 @@ class UnsupervisedProtocol(NormProtocol):
             raise ValueError("unsupervised_bn needs an unlabeled split; the task provided none")
         sampler = UnlabeledBatchSampler(ctx.train_size, len(ctx.splits.unlabeled), batch_size, self.ratio,
                                         ctx.generator)
+        # Workers decode the samples as the standard loader's do (the sampler draws in this process).
         return DataLoader(WithExtraInputs(ctx.splits.train, ctx.splits.unlabeled), batch_sampler=sampler,
-                          collate_fn=collate_with_extra)
+                          collate_fn=collate_with_extra, num_workers=ctx.config.num_workers)
 
     def train_forward(self, net: nn.Module, inputs: torch.Tensor, extra: Any = None) -> torch.Tensor:
         if extra is None:
