@@ -32,6 +32,7 @@ from pydantic import Field, field_validator, model_validator
 from harness import Task, TaskConfig, hookimpl
 from harness.capabilities import CLASS_SCORES, INPUT_BATCHES, LABELS
 from harness.errors import did_you_mean
+from harness_plugins.common.data_root import data_root_help
 
 Dataset = Literal["imagenet", "cifar10", "cifar100", "digits"]
 
@@ -45,9 +46,7 @@ CHANNELS: dict[str, int] = {"imagenet": 3, "cifar10": 3, "cifar100": 3, "digits"
 RESERVED_MODEL_KWARGS = frozenset({"num_classes", "in_chans", "norm_layer", "pretrained", "pretrained_cfg",
                                    "checkpoint_path"})
 
-DATA_ROOT_HELP = ("Set the data root with `data_root` in [suite] (relative to the suite file) or the "
-                  "HARNESS_DATA environment variable (default: ./data); `harness run SUITE --smoke` checks "
-                  "the suite end to end on generated data without it.")
+DATA_ROOT_HELP = data_root_help()
 
 
 class ClassificationConfig(TaskConfig):

@@ -34,14 +34,13 @@ from pydantic import Field, model_validator
 from harness import Task, TaskConfig, hookimpl
 from harness.capabilities import INPUT_BATCHES, UNLABELED
 from harness.task import OptimizerConfig
+from harness_plugins.common.data_root import data_root_help
 
 #: KITTI's largest raw image (2011_10_03: 376×1241; 2011_09_26: 375×1242): every annotated depth
 #: map fits this canvas, on which maps of several sizes are batched for evaluation.
 KITTI_CANVAS = (376, 1242)
 DATA_DIRS = {"kitti": "kitti", "scenes": "depth-scenes"}
-DATA_ROOT_HELP = ("Set the data root with `data_root` in [suite] (relative to the suite file) or the "
-                  "HARNESS_DATA environment variable (default: ./data); `harness run SUITE --smoke` checks "
-                  "the suite end to end on generated scenes in this layout without it.")
+DATA_ROOT_HELP = data_root_help("generated scenes in this layout")
 #: The metrics, standard since Eigen et al. 2014, each averaged over the test images.
 METRICS: dict[str, Literal["max", "min"]] = {
     "abs_rel": "min", "sq_rel": "min", "rmse": "min", "rmse_log": "min", "a1": "max", "a2": "max", "a3": "max"}

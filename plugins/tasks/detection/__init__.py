@@ -27,10 +27,9 @@ from pydantic import Field
 
 from harness import Task, TaskConfig, hookimpl
 from harness.task import OptimizerConfig, ScheduleConfig
+from harness_plugins.common.data_root import data_root_help
 
-DATA_ROOT_HELP = ("Set the data root with `data_root` in [suite] (relative to the suite file) or the "
-                  "HARNESS_DATA environment variable (default: ./data); `harness run SUITE --smoke` checks "
-                  "the suite end to end on generated shapes in COCO's layout without it.")
+DATA_ROOT_HELP = data_root_help("generated shapes in COCO's layout")
 #: COCO's files under ``data_dir``, for the message when they are missing.
 LAYOUT = ("annotations/instances_train2017.json", "train2017/", "annotations/instances_val2017.json", "val2017/")
 INSTALL = "make setup (or: bash scripts/install_detection.sh)"
