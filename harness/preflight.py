@@ -203,19 +203,17 @@ def _check(task: Task, config: TaskConfig, norm: Norm, norm_config: NormConfig, 
     impl = task.factory()(config, Path(data_root or "."), seed)
     batch = max(1, min(BATCH, config.batch_size))
     splits = _splits(task, config, impl, batch, generator)
-    layers: list[nn.Module] = []
-    making: list[int] = []
+    making: list[int] = []  # the features of the norm layer being built, to name it if that fails
     norm_layer = norm.layer(norm_config)
 
     def tracked(num_features: int, *args: Any, **kwargs: Any) -> nn.Module:
         making.append(num_features)
         layer = norm_layer(num_features, *args, **kwargs)
         making.pop()
-        layers.append(layer)
         return layer
 
     try:
-        net, _ = engine.build_net(impl, config, tracked)
+        net, layers = engine.build_net(impl, config, tracked)
     except Exception as exc:  # noqa: BLE001 - any failure refuses the pair
         where = f"a {norm.name} layer of {making[-1]} features" if making else ""
         result.failure = Failure("building the model", where, _reason(exc))
