@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 	bash scripts/install_postgres.sh
+	bash scripts/install_browser.sh
 	bash scripts/install_detection.sh $(VENV)/bin/python
 
 quickstart: setup

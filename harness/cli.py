@@ -64,7 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--build", action="store_true",
                        help="also build every (model, norm) pair and train it one step on a tiny random batch "
                        "on CPU, as `harness run` does before it stores anything")
-    suite_command("leaderboard", "write a suite's leaderboard from storage (no training)")
+    board = sub.add_parser(
+        "leaderboard", help="write a suite's leaderboard from storage (no training)",
+        description="write a suite's leaderboard from storage (no training); several suites, or one suite's "
+        "several storages, are merged into one comparison of the task variants they share")
+    board.add_argument("suite", type=Path, nargs="+", help="the suite file(s) (TOML)")
+    board.add_argument("--out", type=Path, default=Path("."),
+                       help="where leaderboard/ is written (default: the current directory)")
+    board.add_argument("--storage", action="append", default=[], metavar="URL",
+                       help="an SQLAlchemy URL for the trial storage (default: each suite's own); give one for "
+                       "all suites, one per suite, or several for one suite to merge its results from each")
+    board.add_argument("--format", action="append", metavar="FORMAT",
+                       help="write only this format: md, csv, json or html (repeatable; default: all)")
+    board.add_argument("--name", help="the merged leaderboard's file name (default: the suites' names joined by +)")
     check_norm = sub.add_parser("check-norm", help="run the conformance kit on a norm",
                                 description="run the conformance checks of METHODS.md on a registered norm")
     check_norm.add_argument("norm", help="the norm's registered name")
@@ -266,7 +278,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 helper.wait()
     if args.worker_only:
         return 0
-    board = leaderboard.build(suite, plans, book)
+    board = leaderboard.build(leaderboard.Source(suite, plans, book))
     paths = leaderboard.write(board, out / "leaderboard")
     if not args.quiet:
         from .progress import print_summary
@@ -280,12 +292,35 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from .plan import make_plan
     from .storage import TrialBook, open_storage
 
-    suite = _suite(args.suite)
-    plans = make_plan(suite)
-    board = leaderboard.build(suite, plans, TrialBook(open_storage(_storage_url(args, suite)), plans))
-    for path in leaderboard.write(board, args.out.resolve() / "leaderboard"):
+    unknown = [f for f in args.format or () if f not in leaderboard.FORMATS]
+    if unknown:
+        raise UserError(_arg_problem("--format", f"unknown format(s) {unknown}; choose from "
+                                     f"{list(leaderboard.FORMATS)}"))
+    suites = [_suite(path) for path in args.suite]
+    pairs = _storage_pairs(suites, args.storage, args.out)
+    sources = []
+    for suite, url in pairs:
+        plans = make_plan(suite)
+        sources.append(leaderboard.Source(suite, plans, TrialBook(open_storage(url), plans)))
+    board = leaderboard.build(*sources, name=args.name)
+    for path in leaderboard.write(board, args.out.resolve() / "leaderboard", args.format or leaderboard.FORMATS):
         print(path)
     return 0
+
+
+def _storage_pairs(suites: list[Any], urls: list[str], out: Path) -> list[tuple[Any, str]]:
+    """Which storage each suite's trials are read from: its own, one for all, one each, or one
+    suite from several."""
+    from .storage import default_url
+
+    if not urls:
+        return [(s, s.storage or default_url(out, s.name)) for s in suites]
+    if len(urls) == 1 or len(urls) == len(suites):
+        return [(s, urls[0] if len(urls) == 1 else url) for s, url in zip(suites, urls * len(suites), strict=False)]
+    if len(suites) == 1:
+        return [(suites[0], url) for url in urls]
+    raise UserError(_arg_problem("--storage", f"got {len(urls)} storages for {len(suites)} suites; give one for "
+                                 "all, one per suite (in order), or several for a single suite"))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

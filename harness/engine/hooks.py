@@ -113,6 +113,7 @@ class TrialHook(Hook):
         values = {name: float(value) for name, value in (metrics or {}).items()}
         for name, value in values.items():
             self.curves.setdefault(f"val_{name}", []).append(value)
+        self.curves.setdefault("val_epoch", []).append(float(runner.epoch))  # the x of every val_ curve
         self.validated_epoch = runner.epoch
         self.on_epoch(Validated(runner.epoch, runner.max_epochs, values))
 

@@ -1,8 +1,10 @@
 """The leaderboard: the board read from storage (:mod:`.board`), its statistics (:mod:`.stats`)
-and its files (:mod:`.render`)."""
+and its files (:mod:`.render`, the page :mod:`.page`)."""
 
-from .board import Board, Row, build
-from .render import as_json, markdown, tidy_csv, write
-from .stats import Comparison, compare, rank
+from .board import Board, Row, Source, build
+from .page import page
+from .render import FORMATS, as_json, document, markdown, tidy_csv, write
+from .stats import Across, Comparison, across, compare, holm, rank
 
-__all__ = ["Board", "Comparison", "Row", "as_json", "build", "compare", "markdown", "rank", "tidy_csv", "write"]
+__all__ = ["FORMATS", "Across", "Board", "Comparison", "Row", "Source", "across", "as_json", "build", "compare",
+           "document", "holm", "markdown", "page", "rank", "tidy_csv", "write"]
