@@ -16,12 +16,13 @@ import torch
 from torch.utils.data import Dataset
 
 from harness import Splits
+from harness_plugins.common.files import generated_under
 
 from . import CellsConfig
 from .augment import augment, train_transform
 from .formats import read_foreground, read_image
 from .layout import Frame, annotated_frames
-from .synthetic import cell_params, cells_dir, read_params, write_cells
+from .synthetic import cell_params, write_cells
 
 
 class Frames(Dataset):
@@ -72,10 +73,7 @@ def dataset_folder(config: CellsConfig, data_root: Path) -> Path:
     if config.dataset == "hela":
         return config.dataset_dir(data_root)
     params = cell_params(config.cell_images, config.image_size, config.cell_radius, config.data_seed)
-    directory = write_cells(cells_dir(config.dataset_dir(data_root), params), params)
-    if read_params(directory) != params:
-        raise ValueError(f"{directory}/meta.json does not match the configured cells; remove the folder")
-    return directory
+    return generated_under(config.dataset_dir(data_root), params, write_cells)
 
 
 def load_splits(config: CellsConfig, data_root: Path) -> Splits:

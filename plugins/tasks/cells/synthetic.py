@@ -19,15 +19,13 @@ seeded by (data_seed, sequence, frame): deterministic whatever the number of fra
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from harness_plugins.common.files import atomic_directory
+from harness_plugins.common.files import generated_directory
 
 from .formats import write_image, write_instances
 from .layout import image_path, mask_path
@@ -103,10 +101,6 @@ def cell_params(images: int, size: tuple[int, int], radius: tuple[float, float],
     return {"generator": GENERATOR, "images": images, "size": list(size), "radius": list(radius), "data_seed": seed}
 
 
-def cells_dir(parent: Path, params: dict[str, Any]) -> Path:
-    """``parent/<hash>``: one folder per distinct set of generator parameters."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-    return Path(parent) / digest[:12]
 
 
 def write_cells(directory: Path, params: dict[str, Any]) -> Path:
@@ -126,13 +120,10 @@ def write_cells(directory: Path, params: dict[str, Any]) -> Path:
                 write_image(image_path(tmp, sequence, frame), render(rng, path, sum(radius) / 2))
                 if frame % 2 == 0:
                     write_instances(mask_path(tmp, sequence, frame), ids)
-        (tmp / "meta.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    return atomic_directory(Path(directory), fill)
+    return generated_directory(Path(directory), params, fill)
 
 
-def read_params(directory: Path) -> dict[str, Any]:
-    return json.loads((Path(directory) / "meta.json").read_text(encoding="utf-8"))
 
 
 def write_smoke_cells(directory: Path) -> Path:
@@ -140,4 +131,4 @@ def write_smoke_cells(directory: Path) -> Path:
     return write_cells(directory, cell_params(SMOKE["images"], SMOKE["size"], SMOKE["radius"], seed=0))
 
 
-__all__ = ["cell_params", "cells_dir", "draw_cells", "read_params", "render", "write_cells", "write_smoke_cells"]
+__all__ = ["cell_params", "draw_cells", "render", "write_cells", "write_smoke_cells"]

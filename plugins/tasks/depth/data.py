@@ -22,12 +22,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from harness import Splits
+from harness_plugins.common.files import generated_under
 
 from . import DepthConfig
 from .formats import read_depth, read_image
 from .layout import Frame, kitti_frames
 from .metrics import garg_crop
-from .scenes import read_params, scene_params, scenes_dir, write_scenes
+from .scenes import scene_params, write_scenes
 
 MEAN, STD = 0.45, 0.225
 #: Values of the evaluation target's second channel.
@@ -166,10 +167,7 @@ def dataset_folder(config: DepthConfig, data_root: Path) -> Path:
     if config.dataset == "kitti":
         return config.dataset_dir(data_root)
     params = scene_params(config.scene_frames, config.scene_test_frames, config.scene_size, config.data_seed)
-    directory = write_scenes(scenes_dir(config.dataset_dir(data_root), params), params)
-    if read_params(directory) != params:
-        raise ValueError(f"{directory}/meta.json does not match the configured scenes; remove the folder")
-    return directory
+    return generated_under(config.dataset_dir(data_root), params, write_scenes)
 
 
 def load_splits(config: DepthConfig, data_root: Path) -> Splits:

@@ -20,14 +20,12 @@ whatever the number of frames.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harness_plugins.common.files import atomic_directory
+from harness_plugins.common.files import generated_directory
 
 from .formats import write_depth, write_image
 from .layout import SPLITS, TEST_LIST, TRAIN_LIST, depth_path, image_path
@@ -134,10 +132,6 @@ def scene_params(frames: int, test_frames: int, size: tuple[int, int], seed: int
             "data_seed": seed}
 
 
-def scenes_dir(parent: Path, params: dict[str, Any]) -> Path:
-    """``parent/<hash>``: one folder per distinct set of generator parameters."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-    return Path(parent) / digest[:12]
 
 
 def write_scenes(directory: Path, params: dict[str, Any]) -> Path:
@@ -167,13 +161,10 @@ def write_scenes(directory: Path, params: dict[str, Any]) -> Path:
         (tmp / SPLITS).mkdir()
         for name, lines in lists.items():
             (tmp / SPLITS / name).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-        (tmp / "meta.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    return atomic_directory(Path(directory), fill)
+    return generated_directory(Path(directory), params, fill)
 
 
-def read_params(directory: Path) -> dict[str, Any]:
-    return json.loads((Path(directory) / "meta.json").read_text(encoding="utf-8"))
 
 
 def write_smoke_kitti(directory: Path) -> Path:
