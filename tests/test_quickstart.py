@@ -17,6 +17,7 @@ def test_quickstart_runs_every_baseline_on_both_datasets(tmp_path: Path) -> None
     assert_every_trial_complete(tmp_path, "quickstart", (2 * 5 - 1) * 3)  # no instancenorm on spiral
     board = json.loads((tmp_path / "leaderboard" / "quickstart.json").read_text())
     assert board["complete"]
+    assert "<svg" in (tmp_path / "leaderboard" / "quickstart.html").read_text()
     assert {r["norm"] for r in board["variants"]["digits"]} == {"batchnorm", "groupnorm", "layernorm",
                                                                  "instancenorm", "none"}
     assert all(r["n"] == 3 for rows in board["variants"].values() for r in rows)

@@ -92,8 +92,6 @@ def _label(metric: str, direction: str) -> str:
     return f"{metric} ({'higher' if direction == 'max' else 'lower'} is better)"
 
 
-
-
 def mean_interval(row: Mapping[str, Any]) -> tuple[float, float] | None:
     """The row's 95% interval of the mean, when the document has one."""
     ci = row.get("ci")
@@ -191,7 +189,8 @@ def _legend(figure: Figure) -> None:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             entries.setdefault(label, handle)
     if entries:
-        columns = max(1, min(len(entries), 6, int(figure.get_figwidth() / 1.1)))  # as wide as the figure
+        widest = 0.35 + 0.055 * max(map(len, entries))  # inches: the marker and 7-pt text
+        columns = max(1, min(len(entries), 6, int(figure.get_figwidth() / widest)))  # as wide as the figure
         figure.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=columns,
                       frameon=False)
 
@@ -234,8 +233,6 @@ def cost_plot(rows: Rows, metric: str, direction: str, colors: Colors) -> Figure
     axes[0].set_ylabel(_label(metric, direction))
     _legend(figure)
     return figure
-
-
 
 
 @_figure_svg

@@ -37,12 +37,6 @@ def _page(doc: dict[str, Any]) -> str:
     return page(doc)
 
 
-
-
-
-
-
-
 def markdown(board: Board) -> str:
     s = board.suite
     arrow = "higher is better" if s.direction == "max" else "lower is better"
@@ -108,8 +102,6 @@ def markdown(board: Board) -> str:
     return "\n".join(lines)
 
 
-
-
 def _axis_lines(board: Board) -> list[str]:
     """The primary metric against each numeric axis, a column per norm (with Δ to the baseline),
     one table per setting of the other axes: how a difference grows or shrinks along the axis."""
@@ -144,8 +136,6 @@ def _search_lines(trials: list[dict[str, Any]]) -> list[str]:
     return lines + ([""] if stopped else [])
 
 
-
-
 def _across_lines(a: Across, metric: str) -> list[str]:
     """Mean ranks, Friedman's test with Nemenyi's critical difference, and performance profiles."""
     lines = ["## Across variants", "",
@@ -174,17 +164,11 @@ def _across_lines(a: Across, metric: str) -> list[str]:
     return lines
 
 
-
-
 def _delta(row: Row, baseline: str | None) -> str:
     c = row.vs_baseline
     if c is None:
         return "baseline" if row.norm == baseline and row.rank is not None else "–"
     return cells.delta(c.diff, c.low, c.high, c.significant)
-
-
-
-
 
 
 def tidy_csv(board: Board) -> str:
