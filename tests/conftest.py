@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     import torch
     from torch import nn
@@ -89,6 +89,16 @@ def assert_every_trial_complete(work: Path, name: str, planned: int | None = Non
     assert states and all(s[3] == "complete" for s in states), states
     assert planned is None or len(states) == planned, states
     assert board["complete"], "some trials have not finished"
+
+
+def assert_check_refuses(suite: Path, refused: Sequence[str], cwd: Path) -> None:
+    """``harness check`` on a suite whose norms are batchnorm then ``refused``: exit 2 without a
+    traceback, naming each refused norm's ``use`` key and what it needs, and not batchnorm."""
+    result = run_cli("check", str(suite), cwd=cwd)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    for index, name in enumerate(refused, start=2):
+        assert f"norm[{index}].use" in result.stderr and f"norm {name!r} needs" in result.stderr
+    assert "norm[1]" not in result.stderr
 
 
 def write_suite(directory: Path, body: str = "", *, name: str = "tiny", seeds: str = "[0, 1]",
