@@ -315,8 +315,10 @@ def _storage_pairs(suites: list[Any], urls: list[str], out: Path) -> list[tuple[
 
     if not urls:
         return [(s, s.storage or default_url(out, s.name)) for s in suites]
-    if len(urls) == 1 or len(urls) == len(suites):
-        return [(s, urls[0] if len(urls) == 1 else url) for s, url in zip(suites, urls * len(suites), strict=False)]
+    if len(urls) == 1:
+        return [(s, urls[0]) for s in suites]
+    if len(urls) == len(suites):
+        return list(zip(suites, urls, strict=True))
     if len(suites) == 1:
         return [(suites[0], url) for url in urls]
     raise UserError(_arg_problem("--storage", f"got {len(urls)} storages for {len(suites)} suites; give one for "

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .events import EpochEnd, RunEvents
-from .leaderboard import Board, Source, build
+from .leaderboard import Board, Source, read
 from .plan import StudyPlan
 from .storage import TrialBook
 from .suite import Suite
@@ -24,7 +24,7 @@ class RunProgress(RunEvents):
         self.console = Console(stderr=True)
         searches = [p for p in plans if p.search is not None]
         total = len(plans) * len(suite.seeds) + sum(p.search.trials for p in searches)
-        board = build(Source(suite, plans, book))
+        board = read(Source(suite, plans, book))
         done = len(plans) * len(suite.seeds) - sum(r.pending for rows in board.variants.values() for r in rows)
         finished = (TrialState.COMPLETE, TrialState.PRUNED)
         done += sum(len(book.search_study(p).get_trials(deepcopy=False, states=finished)) for p in searches)

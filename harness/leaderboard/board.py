@@ -100,6 +100,25 @@ class _Slot:
 
 
 def build(*sources: Source, name: str | None = None) -> Board:
+    """The board of the sources with its statistics: ranks, Δ to the baseline, across variants."""
+    board = read(*sources, name=name)
+    direction = board.suite.direction
+    for rows in board.variants.values():
+        rank(rows, direction)
+        baseline = next((r for r in rows if r.norm == board.suite.baseline), None)
+        if baseline is not None:
+            for row in rows:
+                if row is not baseline:
+                    row.vs_baseline = compare(row.values, baseline.values)
+            holm([r.vs_baseline for r in rows])
+    board.across = across({v: {r.norm: r.mean for r in rows if r.mean is not None}
+                           for v, rows in board.variants.items()}, direction)
+    return board
+
+
+def read(*sources: Source, name: str | None = None) -> Board:
+    """The results as stored, without statistics: what a progress display needs to count (scipy,
+    statsmodels and scikit-posthocs are not imported)."""
     suite = _merged_suite(sources, name)
     slots: dict[str, dict[tuple[str, str, str], _Slot]] = {}
     variant_keys: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
@@ -123,16 +142,6 @@ def build(*sources: Source, name: str | None = None) -> Board:
                     _search_trial(slot.label, t) for t in source.book.trials(plan, search=True))
     for label, variant in slots.items():
         board.variants[label] = [_row(slot, label, board) for slot in variant.values()]
-    for rows in board.variants.values():
-        rank(rows, suite.direction)
-        baseline = next((r for r in rows if r.norm == suite.baseline), None)
-        if baseline is not None:
-            for row in rows:
-                if row is not baseline:
-                    row.vs_baseline = compare(row.values, baseline.values)
-            holm([r.vs_baseline for r in rows])
-    board.across = across({v: {r.norm: r.mean for r in rows if r.mean is not None}
-                           for v, rows in board.variants.items()}, suite.direction)
     return board
 
 
